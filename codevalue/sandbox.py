@@ -1,0 +1,276 @@
+"""Run untrusted programs fast and safely: warm workers, one forked child per program.
+
+    from codevalue.sandbox import Sandbox, Job
+    with Sandbox() as box:
+        result = box.run(Job(program="print(input())", kind="stdin", style="script", inputs=["hi"]))
+        result.tests[0].stdout  # 'hi\\n'
+
+Design (see README "Sandbox"): one worker process per core is started with a scrubbed environment,
+enters new mount/network/IPC/UTS namespaces once, mounts private tmpfs over the world-writable
+directories and imports numpy & co. For each program it forks a child that starts a new session,
+drops to a per-worker uid (when run as root), sets rlimits (address space, CPU, file size, open files,
+processes), and runs all tests of the program in that one process, streaming one event per test back.
+The worker enforces the wall deadline from outside, kills the child's process group, then sweeps any
+escaped descendant (it is their subreaper). Generated code never runs in the caller's process, and the
+expected outputs never leave it: verdicts are decided here, in the parent.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import secrets
+import selectors
+import subprocess
+import sys
+import tempfile
+from collections import deque
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from .errors import SandboxError
+
+STYLES = ("humaneval", "apps", "script")
+
+
+@dataclass
+class SandboxConfig:
+    workers: int = 0  # 0: one per core
+    memory_mb: int = 2048  # address space a program may add on top of the warm worker's
+    output_limit: int = 4 * 2**20  # characters of stdout (or of a return value's repr) per test
+    max_processes: int = 64  # RLIMIT_NPROC for the sandbox uid (root only): stops fork bombs
+    uid_base: int = 61000  # worker i runs programs as uid uid_base + i (root only)
+
+    def n_workers(self) -> int:
+        return self.workers or os.cpu_count() or 1
+
+
+@dataclass
+class Job:
+    """One program and the inputs of its tests. Expected outputs are deliberately not part of it."""
+
+    program: str
+    kind: str  # "check" (HumanEval/MBPP) | "stdin" | "call"
+    style: str  # "humaneval" | "apps" | "script"
+    inputs: list = field(default_factory=list)  # stdin texts or argument lists; [] for "check"
+    fn_name: str = ""
+    timeout: float = 3.0  # per test, CPU and wall
+    deadline: float = 0.0  # wall seconds for the whole program, enforced from outside; 0: derived
+    tag: Any = None  # the caller's, returned untouched
+
+    def wall_deadline(self) -> float:
+        if self.deadline:
+            return self.deadline
+        return self.timeout * max(1, len(self.inputs)) + 1.0
+
+
+@dataclass
+class TestOutcome:
+    """What one test did. status: ok | error | timeout | memory | output_limit | missing."""
+
+    status: str
+    error: str = ""
+    stdout: str | None = None  # stdin problems
+    result: str | None = None  # call-based problems: repr() of the returned value
+
+
+@dataclass
+class ExecutionResult:
+    """Raw observations of one program run; `codevalue.labels.judge` turns them into a verdict.
+
+    load_status: ok | syntax_error | error | timeout | memory | missing (the child died first).
+    """
+
+    load_status: str
+    load_error: str = ""
+    tests: list[TestOutcome] = field(default_factory=list)
+    completed: bool = False  # the child reported "done" with this run's nonce
+    deadline_hit: bool = False
+    flooded: bool = False
+    exit_code: int | None = None
+    signal: int | None = None
+    cpu_seconds: float = 0.0
+    wall_seconds: float = 0.0
+    leftover_processes: int = 0
+    infra_error: str = ""
+
+
+def _result_from(job: Job, nonce: str, raw: dict) -> ExecutionResult:
+    if "infra_error" in raw:
+        return ExecutionResult(load_status="missing", infra_error=raw["infra_error"])
+    n_tests = 1 if job.kind == "check" else len(job.inputs)
+    copied = ("deadline_hit", "flooded", "exit_code", "signal", "cpu_seconds", "wall_seconds",
+              "leftover_processes")
+    res = ExecutionResult(load_status="missing", **{k: raw[k] for k in copied})
+    tests: dict[int, TestOutcome] = {}
+    for ev in raw["events"]:
+        t = ev.get("t")
+        if t == "load" and res.load_status == "missing":
+            res.load_status, res.load_error = str(ev.get("status")), str(ev.get("error", ""))
+        elif t == "test" and isinstance(ev.get("i"), int) and 0 <= ev["i"] < n_tests and ev["i"] not in tests:
+            stdout, result = ev.get("stdout"), ev.get("result")
+            tests[ev["i"]] = TestOutcome(
+                status=str(ev.get("status")), error=str(ev.get("error", "")),
+                stdout=stdout if isinstance(stdout, str) else None,
+                result=result if isinstance(result, str) else None)
+        elif t == "done" and ev.get("nonce") == nonce:
+            res.completed = True
+    res.tests = [tests.get(i, TestOutcome("missing")) for i in range(n_tests)]
+    return res
+
+
+class _Worker:
+    def __init__(self, slot: int, config: SandboxConfig):
+        env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "OPENBLAS_NUM_THREADS": "1",
+               "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONDONTWRITEBYTECODE": "1",
+               "PYTHONPATH": str(Path(__file__).resolve().parent.parent), "TMPDIR": "/tmp"}
+        self.log = tempfile.TemporaryFile()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "codevalue._worker", str(slot), str(config.uid_base)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, env=env, cwd="/",
+            start_new_session=True, close_fds=True)
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.stdin: IO[bytes] = self.proc.stdin
+        self.stdout: IO[bytes] = self.proc.stdout
+        hello = self.stdout.readline()
+        if not hello:
+            raise SandboxError(f"sandbox worker failed to start: {self.stderr_tail()}")
+        self.isolation: dict = json.loads(hello)["isolation"]
+        self.job: tuple[int, Job, str] | None = None
+
+    def send(self, job_id: int, job: Job, nonce: str, config: SandboxConfig) -> None:
+        message = {"id": job_id, "program": job.program, "kind": job.kind, "style": job.style,
+                   "inputs": job.inputs, "fn_name": job.fn_name, "timeout": job.timeout,
+                   "deadline": job.wall_deadline(), "nonce": nonce, "memory_mb": config.memory_mb,
+                   "output_limit": config.output_limit, "max_processes": config.max_processes}
+        self.job = (job_id, job, nonce)
+        self.stdin.write(json.dumps(message).encode() + b"\n")
+        self.stdin.flush()
+
+    def stderr_tail(self) -> str:
+        self.log.seek(0)
+        return self.log.read()[-2000:].decode("utf-8", "replace")
+
+    def close(self) -> None:
+        try:
+            self.stdin.close()
+        except OSError:
+            pass
+        try:
+            self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.stdout.close()
+        self.log.close()
+
+
+class Sandbox:
+    """A pool of warm workers. Use as a context manager; `map` runs many jobs on all cores."""
+
+    def __init__(self, config: SandboxConfig | None = None):
+        self.config = config or SandboxConfig()
+        self._workers: list[_Worker] = []
+
+    def __enter__(self) -> Sandbox:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def start(self) -> None:
+        if not self._workers:
+            self._workers = [_Worker(i, self.config) for i in range(self.config.n_workers())]
+
+    def close(self) -> None:
+        for w in self._workers:
+            w.close()
+        self._workers = []
+
+    @property
+    def isolation(self) -> dict:
+        self.start()
+        return self._workers[0].isolation
+
+    def run(self, job: Job) -> ExecutionResult:
+        return next(self.map([job]))[1]
+
+    def map(self, jobs: Iterable[Job]) -> Iterator[tuple[Job, ExecutionResult]]:
+        """Run jobs on all workers; yield (job, result) as they finish (not in input order).
+
+        A worker that dies mid-job is replaced and the job retried once; a second loss is reported as
+        an infra_error result, never as a verdict about the program.
+        """
+        self.start()
+        pending = iter(jobs)
+        retry: deque[tuple[Job, int]] = deque()
+        ids = itertools.count()
+        attempts: dict[int, int] = {}
+        sel = selectors.DefaultSelector()
+        idle = list(range(len(self._workers)))
+        busy = 0
+
+        def submit(slot: int) -> bool:
+            if retry:
+                job, job_id = retry.popleft()
+            else:
+                job = next(pending, None)
+                if job is None:
+                    return False
+                job_id = next(ids)
+            self._workers[slot].send(job_id, job, secrets.token_hex(8), self.config)
+            sel.register(self._workers[slot].stdout, selectors.EVENT_READ, slot)
+            return True
+
+        try:
+            while True:
+                while idle and submit(idle[-1]):
+                    idle.pop()
+                    busy += 1
+                if busy == 0:
+                    return
+                for key, _ in sel.select():
+                    slot = key.data
+                    worker = self._workers[slot]
+                    line = worker.stdout.readline()
+                    sel.unregister(worker.stdout)
+                    assert worker.job is not None
+                    job_id, job, nonce = worker.job
+                    worker.job = None
+                    busy -= 1
+                    idle.append(slot)
+                    if line:
+                        yield job, _result_from(job, nonce, json.loads(line))
+                        continue
+                    # The worker died (it should not: programs run in its children). Replace it.
+                    tail = worker.stderr_tail()
+                    worker.close()
+                    self._workers[slot] = _Worker(slot, self.config)
+                    attempts[job_id] = attempts.get(job_id, 0) + 1
+                    if attempts[job_id] < 2:
+                        retry.append((job, job_id))
+                    else:
+                        yield job, ExecutionResult(load_status="missing",
+                                                   infra_error=f"sandbox worker died: {tail[-300:]}")
+        finally:
+            sel.close()
+            if busy:  # abandoned mid-run (e.g. KeyboardInterrupt): restart workers so none is half-used
+                self.close()
+
+
+def describe_isolation(iso: dict) -> str:
+    """One paragraph, for the CLI and README: what protects the machine from the programs."""
+    parts = []
+    if iso.get("uid_drop"):
+        parts.append(f"programs run as unprivileged uid {iso['uid']}+ (not the caller's user)")
+    if iso.get("namespaces"):
+        parts.append("new " + "/".join(iso["namespaces"]) + " namespaces (no network interfaces)")
+    if iso.get("private_tmp"):
+        parts.append("private tmpfs over /tmp, /var/tmp, /run/lock, /dev/shm")
+    parts.append("rlimits " + ", ".join(iso.get("rlimits", [])))
+    parts.append("leftover processes: " + iso.get("cleanup", "process group"))
+    return "; ".join(parts) + "".join(f"\nNOTE: {n}" for n in iso.get("notes", []))

@@ -1,0 +1,194 @@
+import warnings
+
+import pytest
+
+from codevalue.compare import MODES, apps_call_arguments, compare_call_result, compare_stdout
+
+# (expected, output, apps, lcb, strict): the probed consequences of the APPS cascade (spec 2.5) and
+# what the two stricter modes make of the same inputs.
+PROBED = [
+    ("1 2\n3", "3\n2 1\n", True, False, False),  # token sets: line and token order ignored
+    ("YES\nYES\nNO", "NO\nYES\n", True, False, False),  # set of lines: repeats ignored
+    ("1000000007", "1000000000\n", True, False, False),  # allclose, rtol 1e-5
+    ("0.1234", "0.1231\n", True, False, False),  # rounded to 3 decimals
+    ("123456789012345679 1", "123456789012345678 1\n", True, False, False),  # float() rounding
+    ("yes", "YES\n", False, False, False),  # case-sensitive everywhere
+    ("1\n2", "1\n", False, False, False),  # missing line
+    ("0", "", False, False, False),  # empty output
+    ("1\r\n2\r\n", "1\n2\n", True, True, True),  # CRLF in the expected output
+    ("", "", True, True, True),  # empty expected, no output
+]
+
+
+@pytest.mark.parametrize("expected,output,apps,lcb,strict", PROBED)
+def test_probed_consequences_in_every_mode(expected, output, apps, lcb, strict):
+    for mode, want in (("apps", apps), ("lcb", lcb), ("strict", strict)):
+        passed, reason = compare_stdout(output, expected, mode)
+        assert passed is want, (mode, reason)
+        assert (reason == "") is want
+        assert len(reason) <= 200
+
+
+def test_apps_cascade_details():
+    ok = lambda out, exp: compare_stdout(out, exp, "apps")[0]  # noqa: E731
+    assert ok(" 1\n 2\n", "1\n2") is True  # check 2: per-line strip of the output
+    assert ok("1\n\n2\n", "1\n2") is True  # check 5: empty output lines dropped
+    assert ok("1\n2\n", "1\n\n2") is True  # check 4: empty expected pieces dropped
+    assert ok("a\nb\n", "a\n \nb") is False  # whitespace-only expected line survives as ""
+    assert ok("1\u20282\n", "1\n2") is True  # splitlines() splits on U+2028 too
+    assert ok("1.00001\n", "1") is True  # |o - e| <= 1e-8 + 1e-5 * |e|
+    assert ok("1\n", "1.002") is False  # outside both allclose and 3-decimal rounding
+    assert ok("Infinity\n", "inf") is True  # float() accepts it; allclose(inf, inf)
+    assert ok("NaN\n", "nan") is False  # nan never matches, not even in the rounded sets
+    assert ok("1000000007 1\n", "1000000000 1") is False  # allclose only for one-number lines
+    assert ok("1  2\n", "2 1") is True  # internal spacing and token order ignored
+    assert ok("1 2 2\n", "2 1") is True  # repeated tokens ignored
+    assert ok("1 2\n", "1 2 3") is False
+    assert ok("5", ["5"]) is True and ok("1\n2", ["1", "2"]) is True  # lists are joined with "\n"
+    assert ok("0.1236\n", "0.1231") is False  # rounds to 0.124 vs 0.123
+
+
+def test_apps_numeric_check_never_warns():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        passed, reason = compare_stdout("1e308\n", "-1e308", "apps")
+        assert (passed, reason) == (False, 'line 1: expected "-1e308", got "1e308"')
+        assert compare_stdout("1e308\n-1e308\n", "-1e308\n1e308", "apps")[0] is True  # token sets
+        assert compare_stdout("1" * 400 + "\n", "inf", "apps")[0] is True  # float() of it is inf
+
+
+def test_lcb_rules():
+    ok = lambda out, exp: compare_stdout(out, exp, "lcb")[0]  # noqa: E731
+    assert ok("1.0 2\n", "1 2.000") is True  # Decimal tokens
+    assert ok("1e3\n", "1000") is True
+    assert ok("1  2\n", "1 2") is True  # numeric lines: token-wise
+    assert ok("a  b\n", "a b") is False  # text lines: exact after strip
+    assert ok("  a b  \n\n\n", "a b") is True  # whole text and each line stripped
+    assert ok("1\n\n2\n", "1\n2") is False  # an empty middle line counts
+    assert ok("0.30000000000000004\n", "0.3") is False  # no tolerance
+    assert ok("1\r\n2\r\n", "1\n2") is True
+    assert ok("NaN\n", "nan") is False
+    assert ok("sNaN\n", "snan") is False  # comparing signalling NaNs must not raise
+    assert compare_stdout("1\n2\n", "1\n3", "lcb") == (False, 'line 2: expected "3", got "2"')
+    assert compare_stdout("1\n", "1\n3", "lcb") == (False, "expected 2 lines, got 1")
+
+
+def test_strict_rules():
+    ok = lambda out, exp: compare_stdout(out, exp, "strict")[0]  # noqa: E731
+    assert ok("1 2  \n3\t\n\n\n", "1 2\n3") is True  # rstrip and trailing empty lines
+    assert ok(" 1\n", "1") is False  # leading whitespace matters
+    assert ok("\n1\n", "1") is False  # leading empty line matters
+    assert ok("1\n\n2\n", "1\n2") is False
+    assert ok("1.0\n", "1") is False
+    assert ok("1\n2\n", ["1", "2"]) is True
+    assert compare_stdout("1\n2\n", "1\n2\n3\n4", "strict") == (False, "expected 4 lines, got 2")
+    assert compare_stdout("1\n6\n", "1\n5", "strict") == (False, 'line 2: expected "5", got "6"')
+
+
+def test_reasons_are_short_and_concrete():
+    passed, reason = compare_stdout("x" * 10_000, "y" * 10_000, "strict")
+    assert passed is False and len(reason) <= 200 and "..." in reason
+    passed, reason = compare_stdout("1\n2 \r\n", "1\n3", "apps")
+    assert (passed, reason) == (False, 'line 2: expected "3", got "2"')
+    passed, reason = compare_call_result(repr(list(range(1000))), [[1]], "apps")
+    assert passed is False and len(reason) <= 200 and reason.startswith("expected [[1]], got [0, 1, 2")
+
+
+def test_unknown_mode():
+    with pytest.raises(ValueError, match="'APPS'.*apps, lcb, strict"):
+        compare_stdout("", "", "APPS")
+    with pytest.raises(ValueError, match="'exact'"):
+        compare_call_result("1", [1], "exact")
+    assert MODES == ("apps", "lcb", "strict")
+
+
+# (result_repr, expected, apps, lcb, strict)
+CALLS = [
+    ("3", [3], True, True, True),  # wrapped scalar, the common APPS layout
+    ("3", 3, True, True, True),  # bare scalar
+    ("[1, 2]", [[1, 2]], True, True, True),  # wrapped list
+    ("[1, 2]", [1, 2], True, True, True),  # bare list
+    ("[1]", [1], True, True, True),
+    ("1", [1, 2], True, False, False),  # APPS: R == E[0] for any non-empty list
+    ("4", [3], False, False, False),
+    ("'abc'", ["abc"], True, True, True),
+    ("'abc'", ["ab"], False, False, False),
+    ("(1, 2)", [[1, 2]], True, True, True),  # a top-level tuple counts as a list
+    ("[(1, 2), (3, 4)]", [[[1, 2], [3, 4]]], True, False, True),  # list of tuples vs E[0]
+    ("[(1, 2), (3, 4)]", [[1, 2], [3, 4]], False, False, True),  # bare: only strict accepts it
+    ("True", [1], True, True, False),  # 1 == True in Python, not in strict
+    ("True", [True], True, True, True),
+    ("1.0", [1], True, True, True),  # int/float compare numerically everywhere
+    ("[True, 0]", [[1, False]], True, True, False),
+    ("0.30000000000000004", [0.3], False, False, False),  # no float tolerance
+    ("{1: 'a'}", [{"1": "a"}], True, False, False),  # APPS int-keys the expected dict
+    ("{1: 'a'}", {"1": "a"}, True, False, False),
+    ("{'x': 1}", {"x": 1}, True, True, True),  # non-integer keys: left alone
+    ("{'x': True}", {"x": 1}, True, True, False),
+    ("inf", [float("inf")], True, True, True),  # repr() of special floats is a bare name
+    ("[-inf, 1.5]", [[float("-inf"), 1.5]], True, True, True),
+    ("nan", [float("nan")], False, False, False),
+    ("None", [None], True, True, True),
+    ("set()", [[]], False, False, False),
+]
+
+
+@pytest.mark.parametrize("result_repr,expected,apps,lcb,strict", CALLS)
+def test_call_results_in_every_mode(result_repr, expected, apps, lcb, strict):
+    for mode, want in (("apps", apps), ("lcb", lcb), ("strict", strict)):
+        passed, reason = compare_call_result(result_repr, expected, mode)
+        assert passed is want, (mode, reason)
+        assert (reason == "") is want
+
+
+def test_apps_call_arguments():
+    assert apps_call_arguments([{"1": "a", "2": "b"}, 7]) == [{1: "a", 2: "b"}]  # extra args dropped
+    assert apps_call_arguments([{"x": 1}, 7]) == [{"x": 1}, 7]  # a key fails int(): unchanged
+    assert apps_call_arguments([1, {"1": 2}]) == [1, {"1": 2}]  # only inputs[0] matters
+    assert apps_call_arguments([]) == []
+    args = [[1, 2], 3]
+    assert apps_call_arguments(args) is args
+
+
+@pytest.mark.parametrize(
+    "result_repr",
+    [
+        "<__main__.Foo object at 0x7f3a2c1b2d30>",
+        "Foo(x=1)",
+        "frozenset({1})",
+        "__import__('os').system('true')",
+        "1 +",
+        "",
+        "\x00",
+    ],
+)
+def test_unparsable_repr_fails_cleanly(result_repr):
+    for mode in MODES:
+        passed, reason = compare_call_result(result_repr, [1], mode)
+        assert passed is False
+        assert reason.startswith("result is not a plain Python literal")
+        assert len(reason) <= 200
+
+
+@pytest.mark.parametrize(
+    "result_repr",
+    [
+        "[" * 100_000 + "]" * 100_000,
+        "-" * 100_000 + "1",
+        "-" * 5_000 + "1",
+        "1+" * 100_000 + "1",
+        "[1, " * 5_000 + "1" + "]" * 5_000,
+    ],
+)
+def test_deeply_nested_repr_does_not_crash(result_repr):
+    for mode in MODES:
+        assert compare_call_result(result_repr, [1], mode)[0] is False
+
+
+def test_deeply_nested_expected_does_not_crash():
+    deep = [1]
+    for _ in range(100_000):
+        deep = [deep]
+    for mode in MODES:
+        passed, reason = compare_call_result("[[1]]", deep, mode)
+        assert passed is False and reason
