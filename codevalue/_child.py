@@ -275,6 +275,8 @@ def run_apps_call(job: dict, report: _Reporter) -> None:
             _disarm()
             status, error = _status_of(e), _describe(e)
         report(t="test", i=i, status=status, error=error, result=result)
+        if status == "timeout" and job["style"] != "apps":
+            break  # a judge stops at the first time-out; the remaining tests count as failed
     report(t="done", nonce=job["nonce"])
 
 
@@ -365,6 +367,8 @@ def run_script_stdin(job: dict, report: _Reporter) -> None:
             with _REAL_OPEN("stdout.txt", "rb") as f:
                 stdout = f.read(limit).decode("utf-8", "replace")
         report(t="test", i=i, status=status, error=error, stdout=stdout)
+        if status == "timeout":
+            break  # a judge stops at the first time-out; the remaining tests count as failed
     report(t="done", nonce=job["nonce"])
 
 

@@ -1,0 +1,158 @@
+"""The `codevalue` command: one subcommand per pipeline stage, each a thin wrapper over the Python API."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from .errors import CodevalueError
+
+CODET_PUBLISHED = {"random pick (CodeT paper)": 22.8, "greedy": 29.7, "CodeT": 36.7,
+                   "Coder-Reviewer": 42.6, "SRank": 43.1}
+
+
+def _add_sandbox_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--workers", type=int, default=0, help="sandbox worker processes (default: one per core)")
+    p.add_argument("--memory-mb", type=int, default=2048, help="memory a program may use (default 2048)")
+    p.add_argument("--output-limit", type=int, default=4 * 2**20,
+                   help="characters of output per test before it is cut off (default 4 MiB)")
+
+
+def _sandbox_config(args: argparse.Namespace):
+    from .sandbox import SandboxConfig
+
+    return SandboxConfig(workers=args.workers, memory_mb=args.memory_mb, output_limit=args.output_limit)
+
+
+def cmd_label(args: argparse.Namespace) -> int:
+    from .labels import LabelConfig, label_rollouts
+    from .rollouts import parse_stop
+
+    config = LabelConfig(mode=args.mode, timeout=args.timeout, program_timeout=args.program_timeout,
+                         stop=parse_stop(args.stop), sandbox=_sandbox_config(args))
+    summary = label_rollouts(args.problems, args.rollouts, args.out, config, progress=not args.quiet,
+                             problem_format=args.format)
+    _print_summary(summary)
+    return 0
+
+
+def _print_summary(summary: dict) -> None:
+    print(f"labelled {summary['rollouts']} rollouts of {summary['problems']} problems "
+          f"({summary['executed_programs']} distinct programs run, {summary['resumed']} resumed) "
+          f"in {summary['wall_seconds']} s")
+    print(f"pass rate {100 * summary['pass_rate']:.1f}%  verdicts: "
+          + ", ".join(f"{k} {v}" for k, v in summary["verdicts"].items()))
+    print(f"sandbox: {summary['sandbox']['description']}")
+
+
+def cmd_problems(args: argparse.Namespace) -> int:
+    from collections import Counter
+
+    from .problems import load_problems
+
+    problems = load_problems(args.source, format=args.format, split=args.split)
+    kinds = Counter(p.kind for p in problems)
+    no_tests = [p.problem_id for p in problems if p.n_tests == 0]
+    print(f"{len(problems)} problems: " + ", ".join(f"{k} {v}" for k, v in sorted(kinds.items())))
+    if no_tests:
+        print(f"{len(no_tests)} problems have NO tests (their rollouts are labelled infra_error): "
+              + ", ".join(no_tests[:20]) + (" ..." if len(no_tests) > 20 else ""))
+    return 0
+
+
+def cmd_sandbox(args: argparse.Namespace) -> int:
+    from .sandbox import Sandbox, describe_isolation
+
+    with Sandbox(_sandbox_config(args)) as box:
+        print(describe_isolation(box.isolation))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """For now: label the bundled CodeGen-16B HumanEval samples and compare with published numbers."""
+    from collections import defaultdict
+
+    from .labels import LabelConfig, label_rollouts
+    from .rollouts import CODEX_STOP, bundled_codegen_rollouts
+
+    out = Path(args.out)
+    rollouts = out / "rollouts.jsonl"
+    if not rollouts.exists():
+        bundled_codegen_rollouts(rollouts)
+    config = LabelConfig(stop=CODEX_STOP, sandbox=_sandbox_config(args))
+    summary = label_rollouts("humaneval", rollouts, out / "labeled.jsonl", config, progress=not args.quiet)
+    _print_summary(summary)
+    from .jsonl import read_jsonl
+
+    by_problem: dict[str, list[bool]] = defaultdict(list)
+    for _, rec in read_jsonl(out / "labeled.jsonl"):
+        by_problem[rec["problem_id"]].append(rec["passed"])
+    random_pick = 100 * sum(sum(v) / len(v) for v in by_problem.values()) / len(by_problem)
+    oracle = 100 * sum(any(v) for v in by_problem.values()) / len(by_problem)
+    print("\nHumanEval, CodeGen-16B samples (100 per problem, truncated at the Codex stop list)")
+    print(f"{'selection':<28}{'pass@1 %':>9}")
+    print(f"{'random pick (ours, exact)':<28}{random_pick:>9.1f}")
+    print(f"{'oracle (any sample passes)':<28}{oracle:>9.1f}")
+    for name, value in CODET_PUBLISHED.items():
+        print(f"{name + ' (published)':<28}{value:>9.1f}")
+    print("\nA value-model reranker row joins this table once the training issues land.")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="codevalue", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("label", help="run rollouts against their problems' tests and write verdicts")
+    p.add_argument("--problems", required=True,
+                   help="problems file (JSONL/JSONL.gz/Parquet), bundled name (humaneval, mbpp, "
+                        "apps-intro-test, ...) or hub dataset id")
+    p.add_argument("--rollouts", required=True, help="rollouts JSONL: problem_id, rollout_id, completion")
+    p.add_argument("--out", required=True, help="labelled JSONL to write (resumed if it exists)")
+    p.add_argument("--format", choices=["apps", "humaneval", "mbpp"], help="problem format (default: detect)")
+    p.add_argument("--mode", default="apps", choices=["apps", "lcb", "strict"],
+                   help="APPS output comparison: apps = the reference harness verdict for verdict; "
+                        "lcb = LiveCodeBench; strict = exact lines (default apps)")
+    p.add_argument("--timeout", type=float, help="seconds per test (default 3 HumanEval/MBPP, 4 APPS)")
+    p.add_argument("--program-timeout", type=float,
+                   help="wall seconds for a whole program (default: timeout+1; 11 in apps mode)")
+    p.add_argument("--stop", action="append", default=[],
+                   help="truncate completions at this sequence (repeatable; 'codex' = the Codex list)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_sandbox_options(p)
+    p.set_defaults(func=cmd_label)
+
+    p = sub.add_parser("problems", help="load a problem set and report what it holds")
+    p.add_argument("source", help="file, bundled name or hub dataset id")
+    p.add_argument("--format", choices=["apps", "humaneval", "mbpp"])
+    p.add_argument("--split", default="test", help="split, for hub datasets")
+    p.set_defaults(func=cmd_problems)
+
+    p = sub.add_parser("sandbox", help="show the isolation in force on this machine")
+    _add_sandbox_options(p)
+    p.set_defaults(func=cmd_sandbox)
+
+    p = sub.add_parser("demo", help="the main job on the bundled data (see README)")
+    p.add_argument("--out", default="runs/demo", help="working directory (finished stages are reused)")
+    p.add_argument("--quiet", action="store_true")
+    _add_sandbox_options(p)
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except CodevalueError as e:
+        print(f"codevalue: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ncodevalue: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
