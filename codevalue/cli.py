@@ -101,6 +101,48 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_targets(args: argparse.Namespace) -> int:
+    from .targets import build_targets
+
+    summary = build_targets(args.labeled, args.problems, args.out, smooth=args.smooth)
+    print(f"wrote value targets for {summary['rollouts']} rollouts of {summary['problems']} problems to "
+          f"{args.out} ({summary['dropped_infra_error']} infra_error rollouts dropped)")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .train import ValueTrainingArguments, train_value_model
+
+    if not args.base and not args.tiny:
+        args.tiny = "4m"
+    targs = ValueTrainingArguments(
+        output_dir=str(Path(args.out) / "checkpoints"), num_train_epochs=args.epochs,
+        per_device_train_batch_size=args.batch_size, per_device_eval_batch_size=args.batch_size,
+        gradient_accumulation_steps=args.grad_accum, learning_rate=args.lr, weight_decay=0.01,
+        warmup_ratio=0.05, lr_scheduler_type="cosine", logging_steps=10, seed=args.seed,
+        save_strategy="epoch" if args.save_checkpoints else "no", eval_strategy="epoch",
+        bf16=args.bf16, gradient_checkpointing=args.gradient_checkpointing,
+        train_last_layers=-1 if args.full else args.train_last_layers, lora_r=args.lora_r,
+        max_length=args.max_length, aux_weight=args.aux_weight, eval_fraction=args.eval_fraction,
+        disable_tqdm=args.quiet)
+    meta = train_value_model(args.targets, args.out, targs, base=args.base, tiny=args.tiny, resume=args.resume)
+    m = meta["metrics"]
+    print(f"trained {meta['backbone']} ({meta['parameters']:,} parameters, {meta['trainable']}) on "
+          f"{meta['train_examples']} rollouts / {meta['train_tokens']:,} tokens in {meta['train_seconds']} s; "
+          f"train loss {m.get('train_loss')}, eval loss {m.get('eval_loss')} on {len(meta['eval_problems'])} "
+          f"held-out problems -> {args.out}")
+    return 0
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    from .score import score_file
+
+    summary = score_file(args.model, args.rollouts, args.out, problems=args.problems, per_token=args.per_token,
+                         batch_size=args.batch_size, progress=not args.quiet)
+    print(f"scored {summary['rollouts']} rollouts -> {summary['out']}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="codevalue", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -123,6 +165,49 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_sandbox_options(p)
     p.set_defaults(func=cmd_label)
+
+    p = sub.add_parser("targets", help="per-prefix value targets from labelled rollouts")
+    p.add_argument("labeled", help="`codevalue label` output")
+    p.add_argument("--problems", required=True, help="the problems the rollouts answer (for their prompts)")
+    p.add_argument("-o", "--out", required=True, help="targets JSONL to write")
+    p.add_argument("--smooth", type=float, default=0.0,
+                   help="Beta-prior strength pulling rarely seen prefixes toward the problem's pass rate")
+    p.set_defaults(func=cmd_targets)
+
+    p = sub.add_parser("train", help="train a value model on `codevalue targets` output")
+    p.add_argument("targets", help="`codevalue targets` output")
+    p.add_argument("-o", "--out", required=True, help="model directory to write (a standard HF checkpoint)")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--base", help="HF causal LM name or path as backbone (e.g. microsoft/Phi-4-mini-instruct)")
+    g.add_argument("--tiny", choices=["1m", "4m", "16m"], help="offline tiny Phi-3 backbone (default 4m)")
+    g2 = p.add_mutually_exclusive_group()
+    g2.add_argument("--train-last-layers", type=int, default=12, help="train head + last K blocks (paper: 12)")
+    g2.add_argument("--lora-r", type=int, default=0, help="train LoRA adapters of this rank + the head")
+    g2.add_argument("--full", action="store_true", help="train every parameter")
+    p.add_argument("--epochs", type=float, default=2)
+    p.add_argument("--lr", type=float, default=3e-4)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--grad-accum", type=int, default=1)
+    p.add_argument("--max-length", type=int, default=1024, help="tokens per example (prompt cut from the left)")
+    p.add_argument("--aux-weight", type=float, default=0.0, help="weight of the auxiliary verdict-class head")
+    p.add_argument("--eval-fraction", type=float, default=0.1, help="share of problems held out")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--bf16", action="store_true")
+    p.add_argument("--gradient-checkpointing", action="store_true")
+    p.add_argument("--save-checkpoints", action="store_true", help="keep a checkpoint per epoch (for --resume)")
+    p.add_argument("--resume", action="store_true", help="resume from the last checkpoint in OUT/checkpoints")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("score", help="values of rollouts under a trained model")
+    p.add_argument("model", help="codevalue model directory")
+    p.add_argument("rollouts", help="rollouts JSONL (label/targets output works too)")
+    p.add_argument("-o", "--out", required=True)
+    p.add_argument("--problems", help="problems, when the rollouts carry no `prompt` field")
+    p.add_argument("--per-token", action="store_true", help="also write the value after every token")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_score)
 
     p = sub.add_parser("problems", help="load a problem set and report what it holds")
     p.add_argument("source", help="file, bundled name or hub dataset id")

@@ -7,6 +7,8 @@ Output: one line per rollout, its input fields plus
   - passed (bool), tests_passed, tests_total
   - first_failure: {"test": index, "verdict": ..., "reason": short text} or null
   - mode: the comparison mode used ("humaneval" for HumanEval/MBPP problems)
+  - completion_truncated: only when --stop cut the completion: the text that was run, which later
+    stages (targets, training, scoring) read instead of `completion`
 A sidecar LABELED.meta.json records the settings and the isolation that was in force.
 
 The job is resumable: rollouts already in the output are skipped, results are appended as they finish
@@ -31,7 +33,7 @@ from .compare import MODES, compare_call_result, compare_stdout
 from .errors import CodevalueError, DataError
 from .jsonl import JsonlAppender, read_completed_lines, write_jsonl
 from .problems import Problem, load_problems
-from .rollouts import Rollout, program_for, read_rollouts
+from .rollouts import Rollout, program_for, read_rollouts, truncate_at_stop
 from .sandbox import ExecutionResult, Job, Sandbox, SandboxConfig, TestOutcome, describe_isolation
 
 VERDICTS = ("pass", "wrong_answer", "runtime_error", "timeout", "syntax_error", "memory_exceeded",
@@ -181,8 +183,11 @@ def label_rollouts(problems: str | os.PathLike | list[Problem], rollouts: str | 
     # One job per distinct (problem, program); every rollout with that program shares its label.
     waiting: dict[str, list[Rollout]] = {}
     jobs: list[Job] = []
+    truncated: dict[str, str] = {}
     for r in todo:
         program = program_for(by_id[r.problem_id], r.completion, config.stop)
+        if config.stop and (cut := truncate_at_stop(r.completion, config.stop)) != r.completion:
+            truncated[r.rollout_id] = cut
         key = _program_key(r.problem_id, program)
         if key not in waiting:
             waiting[key] = []
@@ -203,6 +208,8 @@ def label_rollouts(problems: str | os.PathLike | list[Problem], rollouts: str | 
             cpu += result.cpu_seconds
             for r in waiting.pop(key):
                 record = {**r.record, **label}
+                if r.rollout_id in truncated:
+                    record["completion_truncated"] = truncated[r.rollout_id]
                 sink.write(record)
                 done[r.rollout_id] = record
                 bar.update(1)

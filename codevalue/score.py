@@ -1,0 +1,56 @@
+"""Score rollouts with a trained value model.
+
+    codevalue score MODEL_DIR ROLLOUTS.jsonl -o SCORES.jsonl [--per-token] [--problems humaneval]
+
+Input: any rollouts file (`codevalue label` / `codevalue targets` output too). The prompt is the
+record's `prompt` field when present, else taken from `--problems`; the completion is the text that
+was run (`completion_truncated` when --stop cut it, else `completion`).
+Output: the input fields plus `value` (the value at the last token: the outcome reward) and, with
+--per-token, `token_values` and `token_offsets` ([start, end) character spans in the completion).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from .errors import DataError
+from .jsonl import read_jsonl, write_jsonl
+from .model import ValueModel
+from .problems import load_problems
+from .targets import _prompt_of, evaluated_completion
+
+
+def score_file(model: str | os.PathLike | ValueModel, rollouts: str | os.PathLike, out: str | os.PathLike,
+               problems: str | None = None, per_token: bool = False, batch_size: int = 16,
+               progress: bool = True) -> dict[str, Any]:
+    from tqdm import tqdm
+
+    vm = model if isinstance(model, ValueModel) else ValueModel.from_pretrained(model)
+    prompts_by_id = {p.problem_id: _prompt_of(p) for p in load_problems(problems)} if problems else {}
+    records, prompts, completions = [], [], []
+    for line, rec in read_jsonl(rollouts):
+        if "completion" not in rec and "completion_scored" not in rec:
+            raise DataError(rollouts, "missing field", line=line, field="completion")
+        prompt = rec.get("prompt")
+        if prompt is None:
+            pid = str(rec.get("problem_id"))
+            if pid not in prompts_by_id:
+                raise DataError(rollouts, f"no prompt for problem {pid!r}: pass --problems", line=line,
+                                field="problem_id")
+            prompt = prompts_by_id[pid]
+        records.append(rec)
+        prompts.append(prompt)
+        completions.append(rec.get("completion_scored") or evaluated_completion(rec))
+    chunk = max(batch_size * 16, 256)
+    for start in tqdm(range(0, len(records), chunk), disable=not progress, desc="score", unit="chunk"):
+        end = start + chunk
+        for rec, s in zip(records[start:end], vm.score(prompts[start:end], completions[start:end], batch_size),
+                          strict=True):
+            rec["value"] = round(s.final, 6)
+            if per_token:
+                rec["token_values"] = [round(v, 5) for v in s.values]
+                rec["token_offsets"] = [list(o) for o in s.offsets]
+    write_jsonl(out, records)
+    return {"rollouts": len(records), "out": str(Path(out))}

@@ -1,0 +1,195 @@
+"""Train a value model with transformers.Trainer: per-token BCE on prefix value targets.
+
+    codevalue train TARGETS.jsonl --tiny 4m -o runs/vm [--epochs 2] [--train-last-layers 12 | --lora-r 8]
+    accelerate launch -m codevalue.cli train ...      # several GPUs; bf16 with --bf16
+
+Only the Trainer's `compute_loss` is ours: BCE between sigmoid(value logit) and the soft targets of
+`codevalue targets` on completion tokens (prompt and padding masked with -100), plus an optional
+cross-entropy on the verdict class at the last token. Checkpointing, resuming, gradient accumulation,
+bf16, gradient checkpointing and multi-GPU come from the library. Problems, not rollouts, are split
+between training and evaluation, so the evaluation loss is on problems the model never saw.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from transformers import Trainer, TrainingArguments
+
+from .errors import CodevalueError, DataError
+from .jsonl import read_jsonl
+from .model import (
+    FAILURE_CLASSES,
+    InputSpec,
+    ValueModel,
+    build_tiny_model,
+    encode,
+    freeze_all_but_last,
+    load_backbone,
+    load_tokenizer,
+)
+from .targets import ValueTargets
+
+
+@dataclass
+class ValueTrainingArguments(TrainingArguments):
+    """TrainingArguments plus the value-model options. Defaults changed from the parent:
+    report_to="none", remove_unused_columns=False, label_names=["value_labels"], save_strategy="no",
+    eval_strategy="epoch" when there is an evaluation split, logging_steps=10, lr 3e-4."""
+
+    train_last_layers: int = field(default=12, metadata={
+        "help": "train the head and the last K blocks (paper: 12); -1 trains everything"})
+    lora_r: int = field(default=0, metadata={"help": "LoRA rank; > 0 trains LoRA adapters + the head instead"})
+    lora_alpha: int = field(default=16, metadata={"help": "LoRA alpha"})
+    max_length: int = field(default=1024, metadata={"help": "tokens per example; prompts are cut from the left"})
+    aux_weight: float = field(default=0.0, metadata={
+        "help": "weight of the auxiliary verdict-class loss at the last token (0: no auxiliary head)"})
+    eval_fraction: float = field(default=0.1, metadata={"help": "share of problems held out for eval loss"})
+    append_eos: bool = field(default=True, metadata={"help": "end finished completions with EOS"})
+
+    def __post_init__(self):
+        self.report_to = self.report_to if self.report_to not in (None, "all") else "none"
+        self.remove_unused_columns = False
+        self.label_names = ["value_labels"]
+        super().__post_init__()
+
+
+def load_examples(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """Records of `codevalue targets` output (prompt, completion_scored, value_targets, label_class)."""
+    records = []
+    for line, rec in read_jsonl(path):
+        for name in ("problem_id", "prompt", "completion_scored", "value_targets", "label_class"):
+            if name not in rec:
+                raise DataError(path, "missing field (run `codevalue targets` on `codevalue label` output)",
+                                line=line, field=name)
+        records.append(rec)
+    if not records:
+        raise DataError(path, "no examples")
+    return records
+
+
+def split_by_problem(records: list[dict], eval_fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
+    problems = sorted({str(r["problem_id"]) for r in records})
+    random.Random(seed).shuffle(problems)
+    n_eval = round(len(problems) * eval_fraction) if len(problems) > 1 else 0
+    held_out = set(problems[:n_eval])
+    return ([r for r in records if str(r["problem_id"]) not in held_out],
+            [r for r in records if str(r["problem_id"]) in held_out])
+
+
+def tokenize_example(tokenizer, rec: dict, spec: InputSpec) -> dict[str, Any]:
+    """input_ids plus a value label per position: -100 on prompt tokens, else the prefix target."""
+    e = encode(tokenizer, rec["prompt"], rec["completion_scored"], spec)
+    targets = ValueTargets(**rec["value_targets"])
+    labels = [-100.0] * e.completion_start + [targets.at(end) for _, end in e.char_spans]
+    labels[-1] = float(targets.values[-1])  # the last token (EOS when appended) carries the outcome
+    return {"input_ids": e.input_ids, "value_labels": labels, "class_labels": int(rec["label_class"])}
+
+
+@dataclass
+class ValueCollator:
+    pad_token_id: int
+
+    def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
+        width = max(len(f["input_ids"]) for f in features)
+        batch = len(features)
+        ids = torch.full((batch, width), self.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((batch, width), dtype=torch.long)
+        labels = torch.full((batch, width), -100.0)
+        for i, f in enumerate(features):
+            n = len(f["input_ids"])
+            ids[i, :n] = torch.tensor(f["input_ids"])
+            mask[i, :n] = 1
+            labels[i, :n] = torch.tensor(f["value_labels"])
+        last = mask.sum(1) - 1  # right padding: index of each row's last real token
+        return {"input_ids": ids, "attention_mask": mask, "value_labels": labels,
+                "class_labels": torch.tensor([f["class_labels"] for f in features]), "last_index": last}
+
+
+def value_loss(logits: torch.Tensor, value_labels: torch.Tensor, class_labels: torch.Tensor | None = None,
+               last_index: torch.Tensor | None = None, aux_weight: float = 0.0) -> torch.Tensor:
+    """Mean BCE over labelled tokens (+ aux_weight * CE of the verdict class at each row's last token)."""
+    mask = value_labels != -100
+    loss = F.binary_cross_entropy_with_logits(logits[..., 0][mask].float(), value_labels[mask])  # (N,)
+    if aux_weight and logits.shape[-1] > 1:
+        rows = torch.arange(logits.shape[0], device=logits.device)
+        aux_logits = logits[rows, last_index, 1:].float()  # (B, n_classes)
+        loss = loss + aux_weight * F.cross_entropy(aux_logits, class_labels)
+    return loss
+
+
+class ValueTrainer(Trainer):
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
+        loss = value_loss(outputs.logits, inputs["value_labels"], inputs["class_labels"], inputs["last_index"],
+                          self.args.aux_weight)
+        return (loss, outputs) if return_outputs else loss
+
+
+def prepare_model(args: ValueTrainingArguments, base: str | None, tiny: str | None, num_labels: int):
+    tokenizer = load_tokenizer(base) if base else load_tokenizer()
+    if base:
+        model = load_backbone(base, num_labels=num_labels)
+        if model.config.pad_token_id is None:
+            model.config.pad_token_id = tokenizer.pad_token_id
+    else:
+        model = build_tiny_model(tiny or "4m", tokenizer, num_labels=num_labels, seed=args.seed)
+    if args.lora_r > 0:
+        from peft import LoraConfig, TaskType, get_peft_model
+
+        config = LoraConfig(task_type=TaskType.TOKEN_CLS, r=args.lora_r, lora_alpha=args.lora_alpha,
+                            target_modules="all-linear", modules_to_save=["score"])
+        model = get_peft_model(model, config)
+    elif args.train_last_layers >= 0:
+        freeze_all_but_last(model, args.train_last_layers)
+    return model, tokenizer
+
+
+def train_value_model(examples: str | os.PathLike | list[dict], output_dir: str | os.PathLike,
+                      args: ValueTrainingArguments, base: str | None = None,
+                      tiny: str | None = None, resume: bool = False) -> dict[str, Any]:
+    """Train on `codevalue targets` output and save a standard HF checkpoint (+ codevalue.json)."""
+    if base and tiny:
+        raise CodevalueError("give either a base model or a tiny size, not both")
+    records = examples if isinstance(examples, list) else load_examples(examples)
+    train_recs, eval_recs = split_by_problem(records, args.eval_fraction, args.seed)
+    spec = InputSpec(max_length=args.max_length, append_eos=args.append_eos,
+                     aux_classes=list(FAILURE_CLASSES) if args.aux_weight > 0 else [])
+    model, tokenizer = prepare_model(args, base, tiny, num_labels=1 + len(spec.aux_classes))
+    train_ds = [tokenize_example(tokenizer, r, spec) for r in train_recs]
+    eval_ds = [tokenize_example(tokenizer, r, spec) for r in eval_recs] or None
+    if eval_ds is None:
+        args.eval_strategy = "no"
+    trainer = ValueTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
+                           data_collator=ValueCollator(tokenizer.pad_token_id))
+    start = time.monotonic()
+    checkpoints = list(Path(args.output_dir).glob("checkpoint-*"))
+    result = trainer.train(resume_from_checkpoint=bool(resume and checkpoints))
+    seconds = time.monotonic() - start
+    metrics = dict(result.metrics)
+    if eval_ds:
+        metrics.update(trainer.evaluate())
+    if args.lora_r > 0:
+        model = model.merge_and_unload()  # save a plain HF model: no peft needed to load it
+    n_params = sum(p.numel() for p in model.parameters())
+    meta = {
+        "backbone": base or f"tiny-{tiny or '4m'}",
+        "trainable": f"lora r={args.lora_r}" if args.lora_r > 0 else (
+            "all" if args.train_last_layers < 0 else f"head + last {args.train_last_layers} blocks"),
+        "parameters": n_params,
+        "train_problems": sorted({str(r["problem_id"]) for r in train_recs}),
+        "eval_problems": sorted({str(r["problem_id"]) for r in eval_recs}),
+        "train_examples": len(train_ds),
+        "train_tokens": sum(len(x["input_ids"]) for x in train_ds),
+        "train_seconds": round(seconds, 2),
+        "metrics": {k: (round(v, 5) if isinstance(v, float) else v) for k, v in metrics.items()},
+    }
+    ValueModel(model, tokenizer, spec).save_pretrained(output_dir, extra=meta)
+    return meta
