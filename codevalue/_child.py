@@ -34,6 +34,7 @@ APPS_PREAMBLE = (
     "import random\nimport heapq\nfrom heapq import *\n"
 )
 MAX_ERROR_CHARS = 300
+_DROP = None  # set by run(): drops to the sandbox uid
 
 
 class TimeLimit(BaseException):
@@ -134,7 +135,7 @@ def reliability_guard() -> None:
 
 def _compile(source: str, report: _Reporter):
     try:
-        return compile(source, "<program>", "exec")
+        return compile(source, "<program>", "exec", dont_inherit=True)  # not our `from __future__`s
     except (SyntaxError, ValueError, OverflowError, MemoryError, RecursionError) as e:
         report(t="load", status="syntax_error", error=_describe(e))
         return None
@@ -325,57 +326,126 @@ def _exit_status(e: SystemExit) -> tuple[str, str]:
     return "error", f"SystemExit: exit status {e.code!r}"[:MAX_ERROR_CHARS]
 
 
+def _redirect_stdio(text: str) -> None:
+    """stdin = the test input, stdout = a file, on descriptors 0 and 1 of this fresh process."""
+    with _REAL_OPEN("stdin.txt", "w", encoding="utf-8") as f:
+        f.write(text)
+    for target, path, flags in ((0, "stdin.txt", os.O_RDONLY),
+                                (1, "stdout.txt", os.O_WRONLY | os.O_CREAT | os.O_TRUNC)):
+        fd = os.open(path, flags, 0o600)
+        if fd != target:
+            os.dup2(fd, target)
+            os.close(fd)
+    sys.stdin = io.TextIOWrapper(io.FileIO(0, "r", closefd=False), encoding="utf-8")
+    sys.stdout = io.TextIOWrapper(io.FileIO(1, "w", closefd=False), encoding="utf-8", write_through=False)
+
+
+def _script_test(code, job: dict, text: str) -> dict:
+    """One test as a judge runs it: in this (fresh) process, reading real fd 0 and writing real fd 1."""
+    limit = job["output_limit"]
+    status, error = "ok", ""
+    try:
+        _DROP()
+        _redirect_stdio(text)
+        _arm(job["timeout"], TimeLimit)
+        try:
+            exec(code, {"__name__": "__main__", "__builtins__": builtins})
+        except SystemExit as e:
+            status, error = _exit_status(e)
+        sys.stdout.flush()
+        _disarm()
+    except BaseException as e:
+        _disarm()
+        status, error = _status_of(e), _describe(e)
+        if isinstance(e, OSError) and e.errno == errno.EFBIG:  # RLIMIT_FSIZE: the output cap
+            status = "output_limit"
+    stdout = ""
+    if status == "ok":
+        if os.path.getsize("stdout.txt") > limit:
+            status, error = "output_limit", f"more than {limit} bytes of output"
+        else:
+            with _REAL_OPEN("stdout.txt", "rb") as f:
+                stdout = f.read(limit).decode("utf-8", "replace")
+    return {"status": status, "error": error, "stdout": stdout}
+
+
 def run_script_stdin(job: dict, report: _Reporter) -> None:
+    """Each test in a process of its own, forked from this one after compiling: no state (module globals,
+    open files, closed descriptors) leaks from one test into the next, as with a judge's fresh runs."""
     code = _compile(job["program"], report)
     if code is None:
         return
     report(t="load", status="ok")
-    limit = job["output_limit"]
     for i, text in enumerate(job["inputs"]):
-        # Real file descriptors, so sys.stdin.buffer, open(0), os.read(0, n) and print all behave as in
-        # a judge; the output file is capped by RLIMIT_FSIZE set by the worker.
-        with _REAL_OPEN("stdin.txt", "w", encoding="utf-8") as f:
-            f.write(text)
-        in_fd = os.open("stdin.txt", os.O_RDONLY)
-        out_fd = os.open("stdout.txt", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        os.dup2(in_fd, 0)
-        os.dup2(out_fd, 1)
-        os.close(in_fd)
-        os.close(out_fd)
-        sys.stdin = io.TextIOWrapper(io.FileIO(0, "r", closefd=False), encoding="utf-8")
-        sys.stdout = io.TextIOWrapper(io.FileIO(1, "w", closefd=False), encoding="utf-8",
-                                      write_through=False)
-        status, error = "ok", ""
-        try:
-            _arm(job["timeout"], TimeLimit)
+        read_fd, write_fd = os.pipe()
+        pid = os.fork()
+        if pid == 0:
             try:
-                exec(code, {"__name__": "__main__", "__builtins__": builtins})
-            except SystemExit as e:
-                status, error = _exit_status(e)
-            sys.stdout.flush()
-            _disarm()
-        except BaseException as e:
-            _disarm()
-            status, error = _status_of(e), _describe(e)
-            if isinstance(e, OSError) and e.errno == errno.EFBIG:  # RLIMIT_FSIZE: the output cap
-                status = "output_limit"
-        size = os.path.getsize("stdout.txt")
-        if status == "ok" and size > limit:
-            status, error = "output_limit", f"more than {limit} bytes of output"
-        stdout = ""
-        if status == "ok":
-            with _REAL_OPEN("stdout.txt", "rb") as f:
-                stdout = f.read(limit).decode("utf-8", "replace")
-        report(t="test", i=i, status=status, error=error, stdout=stdout)
-        if status == "timeout":
+                os.close(read_fd)
+                _Reporter(write_fd)(**_script_test(code, job, text))
+            finally:
+                _exit(0)
+        os.close(write_fd)
+        event, timed_out = _collect(read_fd, pid, job["timeout"] * 2 + 1.0)
+        if event is None:
+            event = {"status": "timeout", "error": "TimeLimit: killed at the per-test wall limit"} if timed_out \
+                else {"status": "error", "error": "the test's process died without a result"}
+        report(t="test", i=i, **{k: event.get(k, "") for k in ("status", "error", "stdout")})
+        if event.get("status") == "timeout":
             break  # a judge stops at the first time-out; the remaining tests count as failed
     report(t="done", nonce=job["nonce"])
 
 
-def run(job: dict, fd: int) -> None:
-    """Entry point in the child: run `job`, report on `fd`, never return."""
+def _collect(read_fd: int, pid: int, wall: float) -> tuple[dict | None, bool]:
+    """The single event a test process sends, waiting at most `wall` seconds before killing it."""
+    import select
+    import time
+
+    deadline, chunks, timed_out = time.monotonic() + wall, [], False
+    pidfd = os.pidfd_open(pid)
+    while True:  # until EOF, or the test process exits (a detached descendant may keep the pipe open)
+        left = deadline - time.monotonic()
+        ready = select.select([read_fd, pidfd], [], [], max(left, 0))[0] if left > 0 else []
+        if not ready:
+            timed_out = True
+            break
+        if read_fd not in ready:  # exited: take what it left in the pipe
+            os.set_blocking(read_fd, False)
+            try:
+                while chunk := os.read(read_fd, 1 << 20):
+                    chunks.append(chunk)
+            except BlockingIOError:
+                pass
+            break
+        chunk = os.read(read_fd, 1 << 20)
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(read_fd)
+    os.close(pidfd)
+    if timed_out:
+        os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    try:
+        event = json.loads(b"".join(chunks).split(b"\n")[0])
+    except ValueError:
+        return None, timed_out
+    return (event if isinstance(event, dict) else None), timed_out
+
+
+def run(job: dict, fd: int, drop_privileges=lambda: None) -> None:
+    """Entry point in the child: run `job`, report on `fd`, never return.
+
+    Program code only ever runs after `drop_privileges()`. Script-style stdin tests run in processes of
+    their own that drop privileges themselves, so this harness process keeps a uid the program cannot
+    signal (it cannot kill the process that reports its results).
+    """
+    global _DROP
+    _DROP = drop_privileges
     report = _Reporter(fd)
     try:
+        if not (job["kind"] == "stdin" and job["style"] == "script"):
+            drop_privileges()
         if job["kind"] == "check":
             run_humaneval(job, report)
         elif job["kind"] == "call":

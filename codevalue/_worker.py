@@ -1,4 +1,4 @@
-"""A warm sandbox worker: `python -m codevalue._worker SLOT UID_BASE`, started by codevalue.sandbox.
+"""A warm sandbox worker: `python -m codevalue._worker SLOT UID_BASE [HIDDEN_JSON]`, started by the sandbox.
 
 It sets up isolation once (namespaces, private /tmp), imports the modules programs commonly use, then
 reads jobs (JSON lines) on stdin and, for each, forks a child that drops privileges and runs the program
@@ -79,7 +79,22 @@ def _expose_python(notes: list[str]) -> None:
             os.close(fd)
 
 
-def setup_isolation(slot: int, uid_base: int) -> dict:
+def _hide(paths: list[str]) -> list[str]:
+    """Cover files (with /dev/null) and directories (with an empty tmpfs) that hold expected outputs."""
+    hidden = []
+    for path in paths:
+        path = os.path.realpath(path)
+        if os.path.isdir(path):
+            _mount_tmpfs(path, mode="0755")
+        elif os.path.isfile(path):
+            _check(_libc.mount(b"/dev/null", path.encode(), None, MS_BIND, None), f"hide {path}")
+        else:
+            continue
+        hidden.append(path)
+    return hidden
+
+
+def setup_isolation(slot: int, uid_base: int, hidden: list[str] = ()) -> dict:
     """Enter new namespaces once for this worker; report what is in force (shown to users verbatim)."""
     info = {"uid_drop": False, "namespaces": [], "private_tmp": False, "cleanup": "process group",
             "rlimits": ["AS", "CPU", "FSIZE", "NOFILE", "CORE"], "notes": []}
@@ -102,6 +117,7 @@ def setup_isolation(slot: int, uid_base: int) -> dict:
         info["private_tmp"] = True
         if is_root:
             _expose_python(info["notes"])
+        info["hidden"] = _hide(hidden)
     except OSError as e:
         info["notes"].append(f"namespaces unavailable ({e}); programs can reach the network and /tmp")
     if is_root:
@@ -122,8 +138,18 @@ def _vm_size() -> int:
         return int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
 
 
+def _drop_privileges(iso: dict) -> None:
+    """Become the sandbox uid for good; called by the child harness right before program code runs."""
+    if iso["uid_drop"]:
+        os.setgroups([])
+        os.setgid(iso["uid"])
+        os.setuid(iso["uid"])
+    _libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
+    _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+
 def _enter_child(job: dict, write_fd: int, workdir: str, iso: dict) -> None:
-    """Lock down the freshly forked child before any program code runs."""
+    """Lock down the freshly forked child (everything but the uid drop) before any program code runs."""
     os.setsid()
     devnull = os.open("/dev/null", os.O_RDWR)
     for fd in (0, 1, 2):
@@ -143,11 +169,6 @@ def _enter_child(job: dict, write_fd: int, workdir: str, iso: dict) -> None:
     for which, value in limits:
         hard = value + 1 if which == resource.RLIMIT_CPU else value
         resource.setrlimit(which, (value, hard))
-    if iso["uid_drop"]:
-        os.setgroups([])
-        os.setgid(iso["uid"])
-        os.setuid(iso["uid"])
-    _libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
     _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     os.environ.clear()
     os.environ.update({"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": workdir, "TMPDIR": workdir,
@@ -155,7 +176,7 @@ def _enter_child(job: dict, write_fd: int, workdir: str, iso: dict) -> None:
                        "OPENBLAS_NUM_THREADS": "1"})
 
 
-def _read_events(read_fd: int, pid: int, deadline: float) -> tuple[list[dict], bool, bool]:
+def _read_events(read_fd: int, pid: int, deadline: float, max_events: int) -> tuple[list[dict], bool, bool]:
     """Collect the child's event lines until it exits or the deadline passes."""
     pidfd = os.pidfd_open(pid)
     buf, events, total = b"", [], 0
@@ -176,7 +197,7 @@ def _read_events(read_fd: int, pid: int, deadline: float) -> tuple[list[dict], b
                         break
                     buf += chunk
                     *lines, buf = buf.split(b"\n")
-                    events += _parse(lines)
+                    events += _parse(lines, max_events - len(events))
                     continue
                 exited = True  # EOF: every writer is gone
             if exited or pidfd in ready:
@@ -188,16 +209,19 @@ def _read_events(read_fd: int, pid: int, deadline: float) -> tuple[list[dict], b
                 except BlockingIOError:
                     pass
                 *lines, buf = buf.split(b"\n")
-                events += _parse(lines)
+                events += _parse(lines, max_events - len(events))
                 break
     finally:
         os.close(pidfd)
     return events, timed_out, flooded
 
 
-def _parse(lines: list[bytes]) -> list[dict]:
-    events = []
+def _parse(lines: list[bytes], room: int) -> list[dict]:
+    """Decode event lines; at most `room` are kept (the parent needs one per test, plus load and done)."""
+    events: list[dict] = []
     for line in lines:
+        if len(events) >= room:
+            break
         try:
             event = json.loads(line)
         except (ValueError, RecursionError):
@@ -263,11 +287,11 @@ def run_job(job: dict, iso: dict) -> dict:
             _enter_child(job, write_fd, workdir, iso)
             from codevalue import _child
 
-            _child.run(job, RESULT_FD)
+            _child.run(job, RESULT_FD, drop_privileges=lambda: _drop_privileges(iso))
         finally:
             os._exit(71)
     os.close(write_fd)
-    events, timed_out, flooded = _read_events(read_fd, pid, start + job["deadline"])
+    events, timed_out, flooded = _read_events(read_fd, pid, start + job["deadline"], len(job["inputs"]) + 3)
     os.close(read_fd)
     try:
         os.killpg(pid, signal.SIGKILL)  # the whole group, whether or not the program finished
@@ -277,6 +301,13 @@ def run_job(job: dict, iso: dict) -> dict:
     wall = time.monotonic() - start
     leftovers = _sweep(iso)
     shutil.rmtree(workdir, ignore_errors=True)
+    if iso["private_tmp"]:  # our own tmpfs mounts: nothing a program wrote survives into the next one
+        for d in WRITABLE_DIRS:
+            for entry in os.scandir(d) if os.path.isdir(d) else ():
+                if entry.is_dir(follow_symlinks=False):
+                    shutil.rmtree(entry.path, ignore_errors=True)
+                else:
+                    os.unlink(entry.path)
     return {
         "events": events,
         "deadline_hit": timed_out,
@@ -291,8 +322,9 @@ def run_job(job: dict, iso: dict) -> dict:
 
 def main() -> None:
     slot, uid_base = int(sys.argv[1]), int(sys.argv[2])
+    hidden = json.loads(sys.argv[3]) if len(sys.argv) > 3 else []
     out = sys.stdout.buffer
-    iso = setup_isolation(slot, uid_base)
+    iso = setup_isolation(slot, uid_base, hidden)
     from codevalue import (
         _child,
         compare,  # noqa: F401  (used by the child; imported once here)
@@ -308,7 +340,7 @@ def main() -> None:
         except Exception as e:  # an infrastructure failure (fork refused, disk full): say so, keep going
             result = {"infra_error": f"{type(e).__name__}: {e}"}
         result["id"] = job["id"]
-        out.write(json.dumps(result, ensure_ascii=False).encode() + b"\n")
+        out.write(json.dumps(result).encode() + b"\n")  # ASCII: a lone surrogate cannot break it
         out.flush()
 
 

@@ -110,21 +110,49 @@ def cmd_targets(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_train(args: argparse.Namespace) -> int:
-    from .train import ValueTrainingArguments, train_value_model
+def _add_train_options(p: argparse.ArgumentParser, epochs: float = 2, tiny_default: str = "4m") -> None:
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--base", help="HF causal LM name or path as backbone (e.g. microsoft/Phi-4-mini-instruct)")
+    g.add_argument("--tiny", choices=["1m", "4m", "16m"], default=None,
+                   help=f"offline tiny Phi-3 backbone (default {tiny_default})")
+    p.set_defaults(tiny_default=tiny_default)
+    g2 = p.add_mutually_exclusive_group()
+    g2.add_argument("--train-last-layers", type=int, default=12, help="train head + last K blocks (paper: 12)")
+    g2.add_argument("--lora-r", type=int, default=0, help="train LoRA adapters of this rank + the head")
+    g2.add_argument("--full", action="store_true", help="train every parameter")
+    p.add_argument("--epochs", type=float, default=epochs)
+    p.add_argument("--lr", type=float, default=3e-4)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--grad-accum", type=int, default=1)
+    p.add_argument("--max-length", type=int, default=1024, help="tokens per example (prompt cut from the left)")
+    p.add_argument("--aux-weight", type=float, default=0.0, help="weight of the auxiliary verdict-class head")
+    p.add_argument("--eval-fraction", type=float, default=0.1, help="share of training problems held out")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--bf16", action="store_true")
+    p.add_argument("--gradient-checkpointing", action="store_true")
+
+
+def _training_args(args: argparse.Namespace, output_dir: Path, save_checkpoints: bool = False):
+    from .train import ValueTrainingArguments
 
     if not args.base and not args.tiny:
-        args.tiny = "4m"
-    targs = ValueTrainingArguments(
-        output_dir=str(Path(args.out) / "checkpoints"), num_train_epochs=args.epochs,
+        args.tiny = args.tiny_default
+    return ValueTrainingArguments(
+        output_dir=str(output_dir), num_train_epochs=args.epochs,
         per_device_train_batch_size=args.batch_size, per_device_eval_batch_size=args.batch_size,
         gradient_accumulation_steps=args.grad_accum, learning_rate=args.lr, weight_decay=0.01,
-        warmup_ratio=0.05, lr_scheduler_type="cosine", logging_steps=10, seed=args.seed,
-        save_strategy="epoch" if args.save_checkpoints else "no", eval_strategy="epoch",
+        warmup_steps=0.05, lr_scheduler_type="cosine", logging_steps=10, seed=args.seed,
+        save_strategy="epoch" if save_checkpoints else "no", eval_strategy="epoch",
         bf16=args.bf16, gradient_checkpointing=args.gradient_checkpointing,
         train_last_layers=-1 if args.full else args.train_last_layers, lora_r=args.lora_r,
         max_length=args.max_length, aux_weight=args.aux_weight, eval_fraction=args.eval_fraction,
         disable_tqdm=args.quiet)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .train import train_value_model
+
+    targs = _training_args(args, Path(args.out) / "checkpoints", args.save_checkpoints)
     meta = train_value_model(args.targets, args.out, targs, base=args.base, tiny=args.tiny, resume=args.resume)
     m = meta["metrics"]
     print(f"trained {meta['backbone']} ({meta['parameters']:,} parameters, {meta['trainable']}) on "
@@ -132,6 +160,48 @@ def cmd_train(args: argparse.Namespace) -> int:
           f"train loss {m.get('train_loss')}, eval loss {m.get('eval_loss')} on {len(meta['eval_problems'])} "
           f"held-out problems -> {args.out}")
     return 0
+
+
+def cmd_crossval(args: argparse.Namespace) -> int:
+    from .crossval import crossval
+    from .evaluate import evaluate_files
+
+    out = Path(args.out)
+    scores = crossval(args.targets, out, _training_args(args, out), folds=args.folds, base=args.base,
+                      tiny=args.tiny, per_problem=args.per_problem, batch_size=args.score_batch_size)
+    results = evaluate_files([scores], out / "report", names=[args.name])
+    _print_results(results)
+    print(f"report: {out / 'report' / 'report.md'}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .evaluate import evaluate_files
+
+    results = evaluate_files(args.scores, args.out, names=args.names)
+    _print_results(results)
+    print(f"report: {Path(args.out) / 'report.md'}")
+    return 0
+
+
+def _print_results(results: dict, published: dict | None = None) -> None:
+    first = next(iter(results.values()))
+    print(f"\n{'selection':<40}{'pass@1 %':>9}   95% CI (problems)")
+
+    def row(name: str, m: dict) -> None:
+        print(f"{name:<40}{m['mean']:>9.1f}   [{m['ci_low']:.1f}, {m['ci_high']:.1f}]")
+
+    row("random pick (exact expectation)", first["random_pass@1"])
+    if "first_sample_pass@1" in first:
+        row("first sample", first["first_sample_pass@1"])
+    for name, m in results.items():
+        auc = m["auroc_mean_per_problem"]
+        row(f"{name} (reranked)", m["reranked_pass@1"])
+        print(f"{'':<40}AUROC pooled {m['auroc_pooled']:.3f}, per problem "
+              f"{auc if auc is None else round(auc, 3)}, ECE {m['ece']:.3f}")
+    row("oracle (any rollout passes)", first["oracle_pass@1"])
+    for name, value in (published or {}).items():
+        print(f"{name + ' (published)':<40}{value:>9.1f}")
 
 
 def cmd_score(args: argparse.Namespace) -> int:
@@ -177,27 +247,28 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a value model on `codevalue targets` output")
     p.add_argument("targets", help="`codevalue targets` output")
     p.add_argument("-o", "--out", required=True, help="model directory to write (a standard HF checkpoint)")
-    g = p.add_mutually_exclusive_group()
-    g.add_argument("--base", help="HF causal LM name or path as backbone (e.g. microsoft/Phi-4-mini-instruct)")
-    g.add_argument("--tiny", choices=["1m", "4m", "16m"], help="offline tiny Phi-3 backbone (default 4m)")
-    g2 = p.add_mutually_exclusive_group()
-    g2.add_argument("--train-last-layers", type=int, default=12, help="train head + last K blocks (paper: 12)")
-    g2.add_argument("--lora-r", type=int, default=0, help="train LoRA adapters of this rank + the head")
-    g2.add_argument("--full", action="store_true", help="train every parameter")
-    p.add_argument("--epochs", type=float, default=2)
-    p.add_argument("--lr", type=float, default=3e-4)
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--grad-accum", type=int, default=1)
-    p.add_argument("--max-length", type=int, default=1024, help="tokens per example (prompt cut from the left)")
-    p.add_argument("--aux-weight", type=float, default=0.0, help="weight of the auxiliary verdict-class head")
-    p.add_argument("--eval-fraction", type=float, default=0.1, help="share of problems held out")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--bf16", action="store_true")
-    p.add_argument("--gradient-checkpointing", action="store_true")
+    _add_train_options(p)
     p.add_argument("--save-checkpoints", action="store_true", help="keep a checkpoint per epoch (for --resume)")
     p.add_argument("--resume", action="store_true", help="resume from the last checkpoint in OUT/checkpoints")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("crossval", help="K models on problem folds; each problem scored by one that never saw it")
+    p.add_argument("targets", help="`codevalue targets` output")
+    p.add_argument("-o", "--out", required=True, help="directory for fold models, scores.jsonl and the report")
+    p.add_argument("--folds", type=int, default=2)
+    p.add_argument("--per-problem", type=int, default=None, help="train on at most N rollouts per problem")
+    p.add_argument("--score-batch-size", type=int, default=32)
+    p.add_argument("--name", default="value model", help="critic name in the report")
+    p.add_argument("--quiet", action="store_true")
+    _add_train_options(p)
+    p.set_defaults(func=cmd_crossval)
+
+    p = sub.add_parser("evaluate", help="best-of-N, calibration and process-reward report from score files")
+    p.add_argument("scores", nargs="+", help="`codevalue score --per-token` outputs, one per critic")
+    p.add_argument("-o", "--out", required=True, help="report directory")
+    p.add_argument("--names", nargs="+", help="critic names (default: file names)")
+    p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("score", help="values of rollouts under a trained model")
     p.add_argument("model", help="codevalue model directory")

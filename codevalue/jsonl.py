@@ -12,8 +12,8 @@ from typing import IO, Any
 from .errors import DataError
 
 
-def _open(path: Path, mode: str) -> IO[str]:
-    if path.suffix == ".gz":
+def _open(path: Path, mode: str, gz: bool | None = None) -> IO[str]:
+    if path.suffix == ".gz" if gz is None else gz:
         return gzip.open(path, mode + "t", encoding="utf-8")
     return open(path, mode, encoding="utf-8")
 
@@ -23,17 +23,24 @@ def read_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict[str, Any]]]:
     path = Path(path)
     if not path.exists():
         raise DataError(path, "file not found")
-    with _open(path, "r") as f:
-        for line_no, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(path, f"invalid JSON ({e.msg} at column {e.colno})", line=line_no) from None
-            if not isinstance(record, dict):
-                raise DataError(path, f"expected a JSON object, got {type(record).__name__}", line=line_no)
-            yield line_no, record
+    line_no = 0
+    try:
+        with _open(path, "r") as f:
+            for line_no, line in enumerate(f, start=1):
+                if line.strip():
+                    yield line_no, _parse_line(path, line_no, line)
+    except (OSError, EOFError, UnicodeDecodeError) as e:  # corrupt gzip, truncated file, bad UTF-8
+        raise DataError(path, f"unreadable ({type(e).__name__}: {e})", line=line_no + 1) from None
+
+
+def _parse_line(path: Path, line_no: int, line: str) -> dict[str, Any]:
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise DataError(path, f"invalid JSON ({e.msg} at column {e.colno})", line=line_no) from None
+    if not isinstance(record, dict):
+        raise DataError(path, f"expected a JSON object, got {type(record).__name__}", line=line_no)
+    return record
 
 
 def write_jsonl(path: str | os.PathLike, records: Iterable[dict[str, Any]]) -> int:
@@ -42,7 +49,7 @@ def write_jsonl(path: str | os.PathLike, records: Iterable[dict[str, Any]]) -> i
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     n = 0
-    with _open(tmp, "w") as f:
+    with _open(tmp, "w", gz=path.suffix == ".gz") as f:
         for record in records:
             f.write(json.dumps(record, ensure_ascii=False) + "\n")
             n += 1
@@ -91,24 +98,23 @@ class JsonlAppender:
 def read_completed_lines(path: str | os.PathLike) -> list[dict[str, Any]]:
     """Records of a file written by JsonlAppender; a torn final line (crash mid-write) is cut off."""
     path = Path(path)
+    if path.suffix == ".gz":
+        raise DataError(path, "resumable output cannot be gzip-compressed; use a .jsonl path")
     if not path.exists():
         return []
-    records = []
     with open(path, "rb") as f:
         data = f.read()
-    good_end = 0
-    for line_no, raw in enumerate(data.split(b"\n"), start=1):
+    complete = data.rfind(b"\n") + 1  # a last line without its newline was torn mid-write
+    if complete < len(data):
+        with open(path, "r+b") as f:
+            f.truncate(complete)
+    records = []
+    for line_no, raw in enumerate(data[:complete].split(b"\n")[:-1], start=1):
         if not raw.strip():
-            good_end += len(raw) + 1
             continue
         try:
             record = json.loads(raw)
-        except json.JSONDecodeError:
-            if good_end + len(raw) >= len(data):  # the torn last line: truncate it away
-                with open(path, "r+b") as f:
-                    f.truncate(good_end)
-                break
+        except ValueError:  # JSONDecodeError or UnicodeDecodeError
             raise DataError(path, "invalid JSON in a previous run's output", line=line_no) from None
         records.append(record)
-        good_end += len(raw) + 1
     return records

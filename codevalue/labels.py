@@ -25,14 +25,14 @@ import signal
 import sys
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from .compare import MODES, compare_call_result, compare_stdout
 from .errors import CodevalueError, DataError
 from .jsonl import JsonlAppender, read_completed_lines, write_jsonl
-from .problems import Problem, load_problems
+from .problems import BUNDLED, Problem, load_problems
 from .rollouts import Rollout, program_for, read_rollouts, truncate_at_stop
 from .sandbox import ExecutionResult, Job, Sandbox, SandboxConfig, TestOutcome, describe_isolation
 
@@ -114,7 +114,7 @@ def _judge_test(problem: Problem, i: int, outcome: TestOutcome, mode: str) -> tu
         else:
             ok, reason = compare_call_result(outcome.result or "", expected, mode)
         return ("pass", "") if ok else ("wrong_answer", reason)
-    if outcome.status == "error" and outcome.error.startswith("AssertionError"):
+    if problem.kind == "check" and outcome.status == "error" and outcome.error.startswith("AssertionError"):
         return "wrong_answer", outcome.error  # a HumanEval/MBPP assert failed
     if outcome.status == "output_limit":
         return "wrong_answer", f"output limit exceeded ({outcome.error})" if outcome.error else "output limit"
@@ -140,7 +140,8 @@ def judge(problem: Problem, result: ExecutionResult, mode: str) -> Label:
         return Label(verdict, False, 0, total, {"test": None, "verdict": verdict, "reason": reason}, mode)
 
     passed, first = 0, None
-    for i, outcome in enumerate(result.tests):
+    for i in range(total):
+        outcome = result.tests[i] if i < len(result.tests) else TestOutcome("missing")
         if outcome.status == "missing":
             verdict, reason = _missing_verdict(result)
         else:
@@ -168,23 +169,36 @@ def label_rollouts(problems: str | os.PathLike | list[Problem], rollouts: str | 
 
     config = config or LabelConfig()
     out = Path(out)
+    problems_source = problems if isinstance(problems, list) else BUNDLED.get(str(problems), problems)
     if not isinstance(problems, list):
         problems = load_problems(problems, format=problem_format)
     by_id = {p.problem_id: p for p in problems}
     todo: list[Rollout] = []
     all_rollouts = list(read_rollouts(rollouts))
-    for line, r in enumerate(all_rollouts, start=1):  # validate everything before running anything
+    for r in all_rollouts:  # validate everything before running anything
         if r.problem_id not in by_id:
             raise DataError(rollouts, f"unknown problem {r.problem_id!r} (not in the problems file)",
-                            line=line, field="problem_id")
+                            line=r.line, field="problem_id")
+    meta = out.with_name(out.name + ".meta.json")
+    settings = {"mode": config.mode, "timeout": config.timeout, "program_timeout": config.program_timeout,
+                "stop": list(config.stop)}
     done = {str(rec.get("rollout_id")): rec for rec in read_completed_lines(out)}
+    if done and meta.exists():  # resuming: the finished labels must mean the same thing as the new ones
+        before = {k: json.loads(meta.read_text()).get(k) for k in settings}
+        if before != settings:
+            raise CodevalueError(f"{out} was labelled with {before}, not {settings}; "
+                                 "use another --out (or delete it) to relabel")
+    meta.write_text(json.dumps({**settings, "complete": False}, indent=2) + "\n")
     todo = [r for r in all_rollouts if r.rollout_id not in done]
+    untestable = [r for r in todo if by_id[r.problem_id].n_tests == 0]  # labelled without running
 
     # One job per distinct (problem, program); every rollout with that program shares its label.
     waiting: dict[str, list[Rollout]] = {}
     jobs: list[Job] = []
     truncated: dict[str, str] = {}
     for r in todo:
+        if by_id[r.problem_id].n_tests == 0:
+            continue
         program = program_for(by_id[r.problem_id], r.completion, config.stop)
         if config.stop and (cut := truncate_at_stop(r.completion, config.stop)) != r.completion:
             truncated[r.rollout_id] = cut
@@ -198,8 +212,15 @@ def label_rollouts(problems: str | os.PathLike | list[Problem], rollouts: str | 
 
     start = time.monotonic()
     cpu = 0.0
-    with Sandbox(config.sandbox) as box, JsonlAppender(out) as sink:
+    sandbox_config = config.sandbox
+    if not isinstance(problems_source, list) and Path(problems_source).exists():  # its expected outputs
+        sandbox_config = replace(sandbox_config, hidden_paths=(*sandbox_config.hidden_paths, str(problems_source)))
+    with Sandbox(sandbox_config) as box, JsonlAppender(out) as sink:
         isolation = box.isolation
+        for r in untestable:
+            record = {**r.record, **judge(by_id[r.problem_id], ExecutionResult("missing"), config.mode).to_dict()}
+            sink.write(record)
+            done[r.rollout_id] = record
         bar = tqdm(total=len(all_rollouts), initial=len(done), unit="rollout", disable=not progress,
                    desc="label", dynamic_ncols=True, mininterval=0.5 if sys.stderr.isatty() else 15)
         for job, result in box.map(jobs):
@@ -228,13 +249,10 @@ def label_rollouts(problems: str | os.PathLike | list[Problem], rollouts: str | 
         "verdicts": dict(verdicts.most_common()),
         "wall_seconds": round(wall, 2),
         "program_cpu_seconds": round(cpu, 2),
-        "mode": config.mode,
-        "timeout": config.timeout,
-        "program_timeout": config.program_timeout,
-        "stop": list(config.stop),
+        **settings,
+        "complete": True,
         "sandbox": {**asdict(config.sandbox), "isolation": isolation,
                     "description": describe_isolation(isolation)},
     }
-    meta = out.with_name(out.name + ".meta.json")
     meta.write_text(json.dumps(summary, indent=2) + "\n")
-    return summary
+    return json.loads(meta.read_text())  # exactly what the sidecar says (tuples become lists)

@@ -200,7 +200,7 @@ class ValueModel:
         path = Path(path)
         self.model.save_pretrained(path)
         self.tokenizer.save_pretrained(path)
-        meta = {"format_version": FORMAT_VERSION, "input_spec": asdict(self.spec), **self.meta, **(extra or {})}
+        meta = {**self.meta, **(extra or {}), "format_version": FORMAT_VERSION, "input_spec": asdict(self.spec)}
         (path / SIDECAR).write_text(json.dumps(meta, indent=2) + "\n")
 
     @property

@@ -106,6 +106,9 @@ def _apps_problem(record: dict, path: Path, line: int) -> Problem:
             io = json.loads(raw_io) if isinstance(raw_io, str) else raw_io
         except json.JSONDecodeError as e:
             raise DataError(path, f"invalid JSON: {e.msg}", line=line, field="input_output") from None
+        if not isinstance(io, dict):
+            raise DataError(path, f"expected a JSON object with inputs/outputs, got {type(io).__name__}",
+                            line=line, field="input_output")
         inputs, outputs = io.get("inputs", []), io.get("outputs", [])
         if len(inputs) != len(outputs):
             raise DataError(path, f"{len(inputs)} inputs but {len(outputs)} outputs", line=line,
@@ -196,7 +199,7 @@ def load_problems(source: str | os.PathLike, format: str | None = None, split: s
     path = Path(source)
     if path.exists():
         records = _records(path)
-    elif isinstance(source, str) and "/" in source and not source.endswith((".jsonl", ".gz", ".parquet")):
+    elif isinstance(source, str) and "/" in source and not path.suffix and not path.parent.exists():
         records = _hub_records(source, split)
     else:
         raise DataError(path, f"file not found (bundled names: {', '.join(BUNDLED)})")
@@ -213,6 +216,7 @@ def load_problems(source: str | os.PathLike, format: str | None = None, split: s
     seen: set[str] = set()
     for (line, _), p in zip(records, problems, strict=True):
         if p.problem_id in seen:
-            raise DataError(path, f"duplicate problem id {p.problem_id!r}", line=line)
+            raise DataError(path, f"duplicate problem id {p.problem_id!r}", line=line,
+                            field="problem_id" if format == "apps" else "task_id")
         seen.add(p.problem_id)
     return problems

@@ -33,6 +33,7 @@ class Rollout:
     rollout_id: str
     completion: str
     record: dict[str, Any] = field(default_factory=dict)  # the whole input line, written back unchanged
+    line: int = 0  # line number in its file, for error messages
 
 
 def read_rollouts(path: str | os.PathLike) -> Iterator[Rollout]:
@@ -49,7 +50,7 @@ def read_rollouts(path: str | os.PathLike) -> Iterator[Rollout]:
         if rollout_id in seen:
             raise DataError(path, f"duplicate rollout_id {rollout_id!r}", line=line, field="rollout_id")
         seen.add(rollout_id)
-        yield Rollout(str(record["problem_id"]), rollout_id, record["completion"], record)
+        yield Rollout(str(record["problem_id"]), rollout_id, record["completion"], record, line)
 
 
 def parse_stop(values: Iterable[str]) -> tuple[str, ...]:
@@ -59,7 +60,7 @@ def parse_stop(values: Iterable[str]) -> tuple[str, ...]:
         if value in STOP_PRESETS:
             stops.extend(STOP_PRESETS[value])
         else:
-            stops.append(value.encode("utf-8").decode("unicode_escape"))
+            stops.append(value.encode("latin-1", "backslashreplace").decode("unicode_escape"))
     return tuple(stops)
 
 

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from .errors import SandboxError
+from .problems import DATA_DIR
 
 STYLES = ("humaneval", "apps", "script")
 
@@ -43,6 +44,9 @@ class SandboxConfig:
     output_limit: int = 4 * 2**20  # characters of stdout (or of a return value's repr) per test
     max_processes: int = 64  # RLIMIT_NPROC for the sandbox uid (root only): stops fork bombs
     uid_base: int = 61000  # worker i runs programs as uid uid_base + i (root only)
+    # Files and directories programs must not read (problem files with expected outputs). The bundled
+    # data is always hidden; `label_rollouts` adds the problems file it was given.
+    hidden_paths: tuple[str, ...] = ()
 
     def n_workers(self) -> int:
         return self.workers or os.cpu_count() or 1
@@ -129,7 +133,8 @@ class _Worker:
                "PYTHONPATH": str(Path(__file__).resolve().parent.parent), "TMPDIR": "/tmp"}
         self.log = tempfile.TemporaryFile()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "codevalue._worker", str(slot), str(config.uid_base)],
+            [sys.executable, "-m", "codevalue._worker", str(slot), str(config.uid_base),
+             json.dumps([str(DATA_DIR), *config.hidden_paths])],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, env=env, cwd="/",
             start_new_session=True, close_fds=True)
         assert self.proc.stdin is not None and self.proc.stdout is not None
@@ -270,7 +275,9 @@ def describe_isolation(iso: dict) -> str:
     if iso.get("namespaces"):
         parts.append("new " + "/".join(iso["namespaces"]) + " namespaces (no network interfaces)")
     if iso.get("private_tmp"):
-        parts.append("private tmpfs over /tmp, /var/tmp, /run/lock, /dev/shm")
+        parts.append("private tmpfs over /tmp, /var/tmp, /run/lock, /dev/shm, emptied after every program")
+    if iso.get("hidden"):
+        parts.append(f"{len(iso['hidden'])} problem files/directories hidden from programs")
     parts.append("rlimits " + ", ".join(iso.get("rlimits", [])))
     parts.append("leftover processes: " + iso.get("cleanup", "process group"))
     return "; ".join(parts) + "".join(f"\nNOTE: {n}" for n in iso.get("notes", []))

@@ -42,7 +42,7 @@ def score_file(model: str | os.PathLike | ValueModel, rollouts: str | os.PathLik
             prompt = prompts_by_id[pid]
         records.append(rec)
         prompts.append(prompt)
-        completions.append(rec.get("completion_scored") or evaluated_completion(rec))
+        completions.append(rec["completion_scored"] if "completion_scored" in rec else evaluated_completion(rec))
     chunk = max(batch_size * 16, 256)
     for start in tqdm(range(0, len(records), chunk), disable=not progress, desc="score", unit="chunk"):
         end = start + chunk

@@ -81,8 +81,11 @@ def prefix_value_targets(completions: list[str], passed: list[bool],
         lcp = np.array([n if j == i else _common_prefix_length(text, other)
                         for j, other in enumerate(completions)])
         # A prefix of length L is shared by the rollouts with lcp >= L. The group only shrinks at the
-        # distinct lcp values, so those are the segment ends.
-        ends = sorted({int(x) for x in lcp if 0 < x < n} | {n}) if n else [0]
+        # distinct lcp values, so those are the segment ends. The whole completion carries the rollout's
+        # own label: when other rollouts share all of it (duplicates, longer continuations), its proper
+        # prefixes keep the group mean in a segment of their own.
+        whole_shared = n > 1 and int((lcp >= n).sum()) > 1
+        ends = sorted({int(x) for x in lcp if 0 < x < n} | {n} | ({n - 1} if whole_shared else set())) if n else [0]
         values = []
         for end in ends:
             group = labels[lcp >= end]
@@ -122,9 +125,11 @@ def build_targets(labeled: str | os.PathLike, problems: str | os.PathLike | list
         pid = str(rec["problem_id"])
         if pid not in prompts:
             raise DataError(labeled, f"unknown problem {pid!r}", line=line, field="problem_id")
-        if failure_class(rec["verdict"]) is None:
+        if rec["verdict"] == "infra_error":
             dropped += 1
             continue
+        if failure_class(rec["verdict"]) is None:
+            raise DataError(labeled, f"unknown verdict {rec['verdict']!r}", line=line, field="verdict")
         groups[pid].append(rec)
     records = []
     for pid, recs in groups.items():

@@ -53,6 +53,12 @@ class ValueTrainingArguments(TrainingArguments):
         "help": "weight of the auxiliary verdict-class loss at the last token (0: no auxiliary head)"})
     eval_fraction: float = field(default=0.1, metadata={"help": "share of problems held out for eval loss"})
     append_eos: bool = field(default=True, metadata={"help": "end finished completions with EOS"})
+    # Defaults changed from TrainingArguments:
+    learning_rate: float = field(default=3e-4, metadata={"help": "peak learning rate (AdamW)"})
+    logging_steps: float = field(default=10, metadata={"help": "log every N steps"})
+    save_strategy: str = field(default="no", metadata={"help": "checkpoint strategy: no, epoch or steps"})
+    eval_strategy: str = field(default="epoch", metadata={
+        "help": "evaluation strategy; set to 'no' automatically when there is no held-out split"})
 
     def __post_init__(self):
         self.report_to = self.report_to if self.report_to not in (None, "all") else "none"

@@ -1,0 +1,107 @@
+"""Cross-validation by problem: every rollout is scored by a model that never saw its problem.
+
+    codevalue crossval TARGETS.jsonl --folds 2 --tiny 4m -o runs/cv [train options]
+
+Problems are shuffled (seeded) and dealt into K folds. For each fold a model is trained on the other
+folds' problems and scores this fold's rollouts (each distinct prompt + completion once). Finished folds
+are reused on a rerun. Output: OUT/scores.jsonl (like `codevalue score --per-token`, plus `fold`),
+OUT/crossval.json (which problems each model trained on), OUT/fold-K/model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from .errors import CodevalueError
+from .jsonl import read_jsonl, write_jsonl
+from .model import ValueModel
+from .train import ValueTrainingArguments, load_examples, train_value_model
+
+KEPT_FIELDS = ("problem_id", "rollout_id", "passed", "verdict", "sample_index", "difficulty", "mean_logprob")
+
+
+def assign_folds(problem_ids: list[str], folds: int, seed: int = 0) -> dict[str, int]:
+    if folds < 2:
+        raise CodevalueError("cross-validation needs at least 2 folds")
+    ids = sorted(set(problem_ids))
+    if len(ids) < folds:
+        raise CodevalueError(f"{len(ids)} problems cannot fill {folds} folds")
+    random.Random(seed).shuffle(ids)
+    return {pid: i % folds for i, pid in enumerate(ids)}
+
+
+def subsample(records: list[dict], per_problem: int | None, seed: int = 0) -> list[dict]:
+    """At most `per_problem` rollouts of each problem, distinct completions first (duplicates add little)."""
+    if not per_problem:
+        return records
+    rng = random.Random(seed)
+    by_problem: dict[str, list[dict]] = defaultdict(list)
+    for r in records:
+        by_problem[str(r["problem_id"])].append(r)
+    out = []
+    for recs in by_problem.values():
+        seen, distinct, dupes = set(), [], []
+        for r in recs:
+            (dupes if r["completion_scored"] in seen else distinct).append(r)
+            seen.add(r["completion_scored"])
+        rng.shuffle(distinct)
+        rng.shuffle(dupes)
+        out += (distinct + dupes)[:per_problem]
+    return out
+
+
+def score_records(vm: ValueModel, records: list[dict], batch_size: int = 32) -> list[dict]:
+    """Per-token scores for records with prompt + completion_scored, each distinct pair scored once."""
+    keys = {(r["prompt"], r["completion_scored"]) for r in records}
+    unique = sorted(keys)
+    scores = dict(zip(unique, vm.score([k[0] for k in unique], [k[1] for k in unique], batch_size), strict=True))
+    out = []
+    for r in records:
+        s = scores[(r["prompt"], r["completion_scored"])]
+        row = {k: r[k] for k in KEPT_FIELDS if k in r}
+        row.update(value=round(s.final, 6), token_values=[round(v, 5) for v in s.values])
+        out.append(row)
+    return out
+
+
+def crossval(targets: str | os.PathLike | list[dict], out_dir: str | os.PathLike, args: ValueTrainingArguments,
+             folds: int = 2, base: str | None = None, tiny: str | None = None, per_problem: int | None = None,
+             batch_size: int = 32, log=print) -> Path:
+    records = targets if isinstance(targets, list) else load_examples(targets)
+    out = Path(out_dir)
+    fold_of = assign_folds([str(r["problem_id"]) for r in records], folds, args.seed)
+    all_scores: list[dict] = []
+    summary: dict[str, Any] = {"folds": folds, "per_problem": per_problem, "fold_problems": {}, "train_seconds": {}}
+    for k in range(folds):
+        fold_dir = out / f"fold-{k}"
+        held_out = sorted(pid for pid, f in fold_of.items() if f == k)
+        train_recs = subsample([r for r in records if fold_of[str(r["problem_id"])] != k], per_problem, args.seed)
+        test_recs = [r for r in records if fold_of[str(r["problem_id"])] == k]
+        model_dir = fold_dir / "model"
+        meta_path = model_dir / "codevalue.json"
+        expected = sorted({str(r["problem_id"]) for r in train_recs})
+        meta = json.loads(meta_path.read_text()) if meta_path.exists() else None
+        if meta is None or sorted(meta["train_problems"] + meta["eval_problems"]) != expected:
+            log(f"fold {k + 1}/{folds}: training on {len(train_recs)} rollouts of {len(expected)} problems")
+            args.output_dir = str(fold_dir / "checkpoints")
+            meta = train_value_model(train_recs, model_dir, args, base=base, tiny=tiny)
+        else:
+            log(f"fold {k + 1}/{folds}: reusing {model_dir}")
+        if set(meta["train_problems"] + meta["eval_problems"]) & set(held_out):  # the whole point of crossval
+            raise CodevalueError(f"fold {k}: the model trained on problems it is asked to score")
+        scores_path = fold_dir / "scores.jsonl"
+        if not scores_path.exists():
+            log(f"fold {k + 1}/{folds}: scoring {len(test_recs)} rollouts of {len(held_out)} held-out problems")
+            vm = ValueModel.from_pretrained(model_dir)
+            write_jsonl(scores_path, [dict(r, fold=k) for r in score_records(vm, test_recs, batch_size)])
+        all_scores += [rec for _, rec in read_jsonl(scores_path)]
+        summary["fold_problems"][k] = held_out
+        summary["train_seconds"][k] = meta.get("train_seconds")
+    write_jsonl(out / "scores.jsonl", all_scores)
+    (out / "crossval.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return out / "scores.jsonl"

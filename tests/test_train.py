@@ -1,0 +1,367 @@
+"""Training: the loss, the collator, the problem split, and short end-to-end runs on a tiny Phi-3."""
+
+import json
+import math
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForTokenClassification, Phi3Config, Phi3ForCausalLM, Phi3ForTokenClassification
+
+import codevalue.train as train_mod
+from codevalue.errors import CodevalueError, DataError
+from codevalue.model import FAILURE_CLASSES, InputSpec, ValueModel, encode, load_tokenizer
+from codevalue.targets import ValueTargets, prefix_value_targets
+from codevalue.train import (
+    ValueCollator,
+    ValueTrainingArguments,
+    load_examples,
+    split_by_problem,
+    tokenize_example,
+    train_value_model,
+    value_loss,
+)
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return load_tokenizer()
+
+
+def bce(x: float, y: float) -> float:
+    s = 1 / (1 + math.exp(-x))
+    return -(y * math.log(s) + (1 - y) * math.log(1 - s))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# value_loss
+
+
+LOGITS0 = [[0.5, -1.0, 2.0], [0.3, 0.0, -0.7]]
+LABELS = [[-100.0, 0.5, 1.0], [0.0, 0.25, -100.0]]
+LABELLED = [(-1.0, 0.5), (2.0, 1.0), (0.3, 0.0), (0.0, 0.25)]  # (logit, target) of the unmasked positions
+
+
+def test_value_loss_soft_targets_masked():
+    logits = torch.tensor(LOGITS0).unsqueeze(-1).requires_grad_(True)
+    loss = value_loss(logits, torch.tensor(LABELS))
+    expected = sum(bce(x, y) for x, y in LABELLED) / len(LABELLED)
+    assert loss.item() == pytest.approx(expected, abs=1e-6)
+    loss.backward()
+    assert logits.grad[0, 0, 0] == 0 and logits.grad[1, 2, 0] == 0  # masked positions get no gradient
+    # d/dx mean BCE = (sigmoid(x) - y) / N
+    assert logits.grad[0, 2, 0].item() == pytest.approx((1 / (1 + math.exp(-2.0)) - 1.0) / 4, abs=1e-6)
+
+
+def test_value_loss_with_aux_head():
+    torch.manual_seed(0)
+    aux = torch.randn(2, 3, len(FAILURE_CLASSES))
+    logits = torch.cat([torch.tensor(LOGITS0).unsqueeze(-1), aux], dim=-1)
+    last_index = torch.tensor([2, 1])
+    class_labels = torch.tensor([0, 3])
+    value_part = sum(bce(x, y) for x, y in LABELLED) / len(LABELLED)
+    ce = []
+    for row, (last, cls) in enumerate(zip([2, 1], [0, 3], strict=True)):
+        z = aux[row, last].tolist()
+        ce.append(-(z[cls] - math.log(sum(math.exp(v) for v in z))))
+    expected = value_part + 0.5 * sum(ce) / 2
+    loss = value_loss(logits, torch.tensor(LABELS), class_labels, last_index, aux_weight=0.5)
+    assert loss.item() == pytest.approx(expected, abs=1e-5)
+    # aux_weight 0: the extra logits are ignored
+    assert value_loss(logits, torch.tensor(LABELS), class_labels, last_index).item() == pytest.approx(
+        value_part, abs=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# collator, tokenize_example, split
+
+
+def test_collator_right_pads_and_finds_last_token():
+    features = [
+        {"input_ids": [5, 6, 7], "value_labels": [-100.0, 0.5, 1.0], "class_labels": 0},
+        {"input_ids": [8, 9, 10, 11, 12], "value_labels": [-100.0, -100.0, 0.0, 0.25, 0.0], "class_labels": 3},
+        {"input_ids": [13], "value_labels": [1.0], "class_labels": 1},
+    ]
+    batch = ValueCollator(pad_token_id=1)(features)
+    assert batch["input_ids"].tolist() == [[5, 6, 7, 1, 1], [8, 9, 10, 11, 12], [13, 1, 1, 1, 1]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 0, 0, 0, 0]]
+    assert batch["value_labels"].tolist() == [[-100, 0.5, 1.0, -100, -100], [-100, -100, 0.0, 0.25, 0.0],
+                                              [1.0, -100, -100, -100, -100]]
+    assert batch["last_index"].tolist() == [2, 4, 0]
+    assert batch["class_labels"].tolist() == [0, 3, 1]
+    assert batch["input_ids"].dtype == torch.long and batch["value_labels"].dtype == torch.float32
+
+
+def test_tokenize_example_labels(tok):
+    completion = "    return x\n"  # prefix value 0.5 up to 11 characters ("    return "), then 1.0
+    rec = {"problem_id": "P", "prompt": "def f(x):\n", "completion_scored": completion,
+           "value_targets": {"ends": [11, 13], "values": [0.5, 1.0]}, "label_class": 2}
+    spec = InputSpec()
+    ex = tokenize_example(tok, rec, spec)
+    e = encode(tok, rec["prompt"], completion, spec)
+    assert ex["input_ids"] == e.input_ids and ex["input_ids"][-1] == tok.eos_token_id
+    assert ex["class_labels"] == 2
+    assert len(ex["value_labels"]) == len(ex["input_ids"])
+    assert ex["value_labels"][:e.completion_start] == [-100.0] * e.completion_start
+    expected = [0.5 if end <= 11 else 1.0 for _, end in e.char_spans]
+    assert ex["value_labels"][e.completion_start:] == expected
+    assert 0.5 in expected and expected[-1] == 1.0
+    # left truncation: no prompt left, labels still aligned with the kept tokens
+    short = tokenize_example(tok, rec, InputSpec(max_length=3))
+    assert len(short["input_ids"]) == len(short["value_labels"]) == 3
+    assert -100.0 not in short["value_labels"] and short["value_labels"][-1] == 1.0
+
+
+def test_tokenize_example_last_token_carries_outcome_without_eos(tok):
+    rec = {"problem_id": "P", "prompt": "p", "completion_scored": "abc",
+           "value_targets": {"ends": [3], "values": [0.0]}, "label_class": 1}
+    ex = tokenize_example(tok, rec, InputSpec(append_eos=False))
+    assert tok.eos_token_id not in ex["input_ids"]
+    assert ex["value_labels"][-1] == 0.0
+
+
+def records_for(problems: dict[str, int]) -> list[dict]:
+    return [{"problem_id": pid, "rollout_id": r} for pid, n in problems.items() for r in range(n)]
+
+
+def test_split_by_problem_never_splits_a_problem():
+    recs = records_for({f"P{i}": 1 + i % 3 for i in range(10)})
+    train, held = split_by_problem(recs, 0.3, seed=0)
+    train_p, held_p = {r["problem_id"] for r in train}, {r["problem_id"] for r in held}
+    assert len(held_p) == 3 and len(train_p) == 7
+    assert not train_p & held_p
+    assert sorted(map(id, train + held)) == sorted(map(id, recs))  # every record exactly once
+    # all rollouts of a held-out problem are held out
+    assert all(r in held for r in recs if r["problem_id"] in held_p)
+    # input order is kept within each side
+    assert train == [r for r in recs if r["problem_id"] in train_p]
+
+
+def test_split_by_problem_is_deterministic():
+    recs = records_for({f"P{i}": 2 for i in range(20)})
+    assert split_by_problem(recs, 0.25, seed=7) == split_by_problem(list(recs), 0.25, seed=7)
+    # the split does not depend on record order either
+    held = {r["problem_id"] for r in split_by_problem(recs, 0.25, seed=7)[1]}
+    assert {r["problem_id"] for r in split_by_problem(recs[::-1], 0.25, seed=7)[1]} == held
+    held_sets = {frozenset(r["problem_id"] for r in split_by_problem(recs, 0.25, seed=s)[1]) for s in range(5)}
+    assert len(held_sets) > 1  # the seed matters
+
+
+def test_split_by_problem_edge_cases():
+    recs = records_for({"A": 3})
+    assert split_by_problem(recs, 0.5, seed=0) == (recs, [])  # one problem: nothing held out
+    recs = records_for({1: 1, 2: 1, "3": 1})  # ids compared as strings
+    train, held = split_by_problem(recs, 0.0, seed=0)
+    assert (train, held) == (recs, [])
+
+
+def test_load_examples_checks_fields(tmp_path):
+    good = {"problem_id": "P", "prompt": "p", "completion_scored": "c",
+            "value_targets": {"ends": [1], "values": [1.0]}, "label_class": 0}
+    path = tmp_path / "t.jsonl"
+    path.write_text(json.dumps(good) + "\n" + json.dumps({k: v for k, v in good.items() if k != "prompt"}) + "\n")
+    with pytest.raises(DataError) as info:
+        load_examples(path)
+    assert (info.value.field, info.value.line) == ("prompt", 2)
+    path.write_text("\n")
+    with pytest.raises(DataError, match="no examples"):
+        load_examples(path)
+
+
+def test_training_arguments_fixed_settings(tmp_path):
+    args = ValueTrainingArguments(output_dir=str(tmp_path), remove_unused_columns=True)
+    assert args.remove_unused_columns is False
+    assert args.label_names == ["value_labels"]
+    assert args.report_to in ("none", [], ["none"])
+    assert (args.train_last_layers, args.lora_r, args.aux_weight, args.max_length) == (12, 0, 0.0, 1024)
+
+
+def test_training_arguments_documented_defaults(tmp_path):
+    args = ValueTrainingArguments(output_dir=str(tmp_path))
+    assert args.learning_rate == 3e-4
+    assert args.save_strategy == "no"
+    assert args.logging_steps == 10
+
+
+def test_base_and_tiny_are_exclusive(tmp_path):
+    with pytest.raises(CodevalueError, match="either a base model or a tiny size"):
+        train_value_model([], tmp_path / "m", ValueTrainingArguments(output_dir=str(tmp_path)), base="x", tiny="1m")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# end to end on a tiny causal LM backbone
+
+
+@pytest.fixture(scope="module")
+def base_dir(tmp_path_factory, tok):
+    """A 2-block causal LM with hidden size 32, saved with the shipped tokenizer, as `--base`."""
+    path = tmp_path_factory.mktemp("base")
+    config = Phi3Config(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=512, pad_token_id=tok.pad_token_id,
+                        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, classifier_dropout=0.0)
+    torch.manual_seed(0)
+    Phi3ForCausalLM(config).save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+def synthetic_examples(n_problems: int = 20) -> list[dict]:
+    """Two rollouts per problem; the passing one starts with the marker 'PASS', so every target is 0 or 1."""
+    records = []
+    for i in range(n_problems):
+        completions = [f"PASS\n    return x + {i}\n", f"FAIL\n    return x - {i}\n"]
+        passed = [True, False]
+        for rid, (c, p, t) in enumerate(zip(completions, passed, prefix_value_targets(completions, passed),
+                                            strict=True)):
+            records.append({"problem_id": f"P{i}", "rollout_id": rid, "prompt": f"def f{i}(x):\n",
+                            "completion_scored": c, "value_targets": t.to_dict(), "label_class": 0 if p else 1})
+    return records
+
+
+@pytest.fixture
+def captured(monkeypatch):
+    """Keep the trainer train_value_model builds, and the model's values right after training (before any
+    LoRA merge), to compare with the saved checkpoint."""
+    seen = []
+
+    class Capturing(train_mod.ValueTrainer):
+        probe = None
+
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            seen.append(self)
+
+        def train(self, *args, **kwargs):
+            out = super().train(*args, **kwargs)
+            ids, mask = self.probe
+            self.model.eval()
+            with torch.no_grad():
+                logits = self.model(input_ids=ids.to(self.model.device), attention_mask=mask).logits
+            self.probe_values = torch.sigmoid(logits[..., 0].float()).cpu()
+            return out
+
+    monkeypatch.setattr(train_mod, "ValueTrainer", Capturing)
+    return seen, Capturing
+
+
+def probe_batch(tok, records: list[dict], spec: InputSpec):
+    encoded = [encode(tok, r["prompt"], r["completion_scored"], spec).input_ids for r in records]
+    width = max(map(len, encoded))
+    ids = torch.full((len(encoded), width), tok.pad_token_id)
+    mask = torch.zeros((len(encoded), width), dtype=torch.long)
+    for i, e in enumerate(encoded):
+        ids[i, :len(e)], mask[i, :len(e)] = torch.tensor(e), 1
+    return ids, mask, [len(e) - 1 for e in encoded]
+
+
+def run_args(tmp_path, **overrides) -> ValueTrainingArguments:
+    settings = dict(output_dir=str(tmp_path / "checkpoints"), per_device_train_batch_size=8, learning_rate=5e-3,
+                    logging_steps=1, save_strategy="no", disable_tqdm=True, seed=0, max_length=64,
+                    use_cpu=True, dataloader_pin_memory=False)
+    return ValueTrainingArguments(**(settings | overrides))
+
+
+def logged_losses(trainer) -> list[float]:
+    return [h["loss"] for h in trainer.state.log_history if "loss" in h]
+
+
+def test_train_last_layer_with_aux_head(tmp_path, tok, base_dir, captured):
+    seen, capturing = captured
+    records = synthetic_examples()
+    capturing.probe = probe_batch(tok, records, InputSpec(max_length=64))[:2]
+    args = run_args(tmp_path, num_train_epochs=4, train_last_layers=1, aux_weight=0.5, eval_fraction=0.2)
+    out = tmp_path / "model"
+    torch.manual_seed(0)
+    meta = train_value_model(records, out, args, base=str(base_dir))
+
+    # the split and the bookkeeping
+    assert len(meta["eval_problems"]) == 4 and len(meta["train_problems"]) == 16
+    assert not set(meta["eval_problems"]) & set(meta["train_problems"])
+    assert meta["train_examples"] == 32
+    assert meta["trainable"] == "head + last 1 blocks" and meta["backbone"] == str(base_dir)
+    assert meta["metrics"]["epoch"] == 4.0 and meta["metrics"]["eval_loss"] > 0
+
+    # the loss went down (logged every step: 4 steps an epoch, 16 in all)
+    [trainer] = seen
+    losses = logged_losses(trainer)
+    assert len(losses) == 16
+    first, last = sum(losses[:3]) / 3, sum(losses[-3:]) / 3
+    assert last < 0.8 * first, losses
+
+    # only the last block, the final norm and the head moved
+    before, after = load_file(base_dir / "model.safetensors"), load_file(out / "model.safetensors")
+    frozen = [k for k in before if k.startswith(("model.embed_tokens.", "model.layers.0."))]
+    assert len(frozen) == 7
+    assert all(torch.equal(before[k], after[k]) for k in frozen)
+    assert not torch.equal(before["model.layers.1.self_attn.qkv_proj.weight"],
+                           after["model.layers.1.self_attn.qkv_proj.weight"])
+    assert not torch.equal(before["model.norm.weight"], after["model.norm.weight"])
+    assert after["score.weight"].shape == (1 + len(FAILURE_CLASSES), 32)
+
+    # the checkpoint scores what the trained model computed, and it learnt the marker
+    vm = ValueModel.from_pretrained(out, device="cpu")
+    assert vm.spec.aux_classes == list(FAILURE_CLASSES) and vm.spec.max_length == 64
+    scores = vm.score([r["prompt"] for r in records], [r["completion_scored"] for r in records])
+    last_index = probe_batch(tok, records, vm.spec)[2]
+    expected = [trainer.probe_values[i, j].item() for i, j in enumerate(last_index)]
+    assert [s.final for s in scores] == pytest.approx(expected, abs=1e-5)
+    passing = [s.final for s, r in zip(scores, records, strict=True) if r["label_class"] == 0]
+    failing = [s.final for s, r in zip(scores, records, strict=True) if r["label_class"] == 1]
+    assert sum(passing) / len(passing) > sum(failing) / len(failing) + 0.2
+
+
+def test_lora_trains_and_saves_a_plain_model(tmp_path, tok, base_dir, captured):
+    seen, capturing = captured
+    records = synthetic_examples(16)
+    ids, mask, last_index = probe_batch(tok, records, InputSpec(max_length=64))
+    capturing.probe = ids, mask
+    args = run_args(tmp_path, num_train_epochs=3, lora_r=4, eval_fraction=0.0)
+    out = tmp_path / "model"
+    torch.manual_seed(0)
+    meta = train_value_model(records, out, args, base=str(base_dir))
+    assert meta["trainable"] == "lora r=4" and meta["eval_problems"] == []
+    [trainer] = seen
+    losses = logged_losses(trainer)
+    assert len(losses) == 12
+    assert sum(losses[-3:]) / 3 < 0.9 * sum(losses[:3]) / 3, losses
+
+    # a plain HF checkpoint: no adapter files, no LoRA weights, nothing missing when loaded without peft
+    assert not (out / "adapter_config.json").exists() and not (out / "adapter_model.safetensors").exists()
+    assert json.loads((out / "config.json").read_text())["architectures"] == ["Phi3ForTokenClassification"]
+    plain, info = AutoModelForTokenClassification.from_pretrained(out, output_loading_info=True)
+    assert type(plain) is Phi3ForTokenClassification
+    assert info["missing_keys"] == set() and info["unexpected_keys"] == set() and info["mismatched_keys"] == set()
+    saved = load_file(out / "model.safetensors")
+    assert not [k for k in saved if "lora" in k or "base_model" in k or "modules_to_save" in k]
+    assert saved.keys() == plain.state_dict().keys()
+
+    # LoRA was merged: the adapted projections moved, the embeddings did not
+    before = load_file(base_dir / "model.safetensors")
+    assert torch.equal(before["model.embed_tokens.weight"], saved["model.embed_tokens.weight"])
+    for i in range(2):
+        key = f"model.layers.{i}.self_attn.qkv_proj.weight"
+        assert not torch.equal(before[key], saved[key])
+
+    # the same values from the trained (unmerged) model, the plain HF model and ValueModel.from_pretrained
+    plain.eval()
+    with torch.no_grad():
+        plain_values = torch.sigmoid(plain(input_ids=ids, attention_mask=mask).logits[..., 0])
+    trained_final = [trainer.probe_values[i, j].item() for i, j in enumerate(last_index)]
+    plain_final = [plain_values[i, j].item() for i, j in enumerate(last_index)]
+    assert plain_final == pytest.approx(trained_final, abs=1e-5)
+    scores = ValueModel.from_pretrained(out, device="cpu").score(
+        [r["prompt"] for r in records], [r["completion_scored"] for r in records])
+    assert [s.final for s in scores] == pytest.approx(plain_final, abs=1e-6)
+
+
+def test_train_targets_from_file(tmp_path, tok, base_dir):
+    """A file path works as input, and the value targets are read from it (ValueTargets round trip)."""
+    records = synthetic_examples(3)
+    path = tmp_path / "targets.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    assert [ValueTargets(**r["value_targets"]).at(1) for r in load_examples(path)] == [1.0, 0.0] * 3
+    args = run_args(tmp_path, num_train_epochs=1, train_last_layers=0, eval_fraction=0.0, max_steps=1)
+    meta = train_value_model(path, tmp_path / "model", args, base=str(base_dir))
+    assert meta["train_examples"] == 6 and meta["trainable"] == "head + last 0 blocks"
+    before, after = load_file(base_dir / "model.safetensors"), load_file(tmp_path / "model" / "model.safetensors")
+    assert all(torch.equal(before[k], after[k]) for k in before if k != "lm_head.weight")
