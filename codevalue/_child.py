@@ -343,6 +343,7 @@ def _redirect_stdio(text: str) -> None:
 def _script_test(code, job: dict, text: str) -> dict:
     """One test as a judge runs it: in this (fresh) process, reading real fd 0 and writing real fd 1."""
     limit = job["output_limit"]
+    out_path = os.path.abspath("stdout.txt")  # the program may chdir anywhere
     status, error = "ok", ""
     try:
         _DROP()
@@ -361,10 +362,10 @@ def _script_test(code, job: dict, text: str) -> dict:
             status = "output_limit"
     stdout = ""
     if status == "ok":
-        if os.path.getsize("stdout.txt") > limit:
+        if os.path.getsize(out_path) > limit:
             status, error = "output_limit", f"more than {limit} bytes of output"
         else:
-            with _REAL_OPEN("stdout.txt", "rb") as f:
+            with _REAL_OPEN(out_path, "rb") as f:
                 stdout = f.read(limit).decode("utf-8", "replace")
     return {"status": status, "error": error, "stdout": stdout}
 
@@ -386,7 +387,7 @@ def run_script_stdin(job: dict, report: _Reporter) -> None:
             finally:
                 _exit(0)
         os.close(write_fd)
-        event, timed_out = _collect(read_fd, pid, job["timeout"] * 2 + 1.0)
+        event, timed_out = _collect(read_fd, pid, job["timeout"] * 2 + 1.0, 6 * job["output_limit"] + 65536)
         if event is None:
             event = {"status": "timeout", "error": "TimeLimit: killed at the per-test wall limit"} if timed_out \
                 else {"status": "error", "error": "the test's process died without a result"}
@@ -396,7 +397,7 @@ def run_script_stdin(job: dict, report: _Reporter) -> None:
     report(t="done", nonce=job["nonce"])
 
 
-def _collect(read_fd: int, pid: int, wall: float) -> tuple[dict | None, bool]:
+def _collect(read_fd: int, pid: int, wall: float, max_bytes: int) -> tuple[dict | None, bool]:
     """The single event a test process sends, waiting at most `wall` seconds before killing it."""
     import select
     import time
@@ -421,6 +422,10 @@ def _collect(read_fd: int, pid: int, wall: float) -> tuple[dict | None, bool]:
         if not chunk:
             break
         chunks.append(chunk)
+        max_bytes -= len(chunk)
+        if max_bytes < 0:  # more than any honest report: the program is flooding our pipe
+            os.kill(pid, signal.SIGKILL)
+            break
     os.close(read_fd)
     os.close(pidfd)
     if timed_out:

@@ -16,6 +16,7 @@ import resource
 import select
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -24,6 +25,7 @@ CLONE_NEWNS, CLONE_NEWUTS, CLONE_NEWIPC = 0x00020000, 0x04000000, 0x08000000
 CLONE_NEWUSER, CLONE_NEWNET = 0x10000000, 0x40000000
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_REMOUNT, MS_BIND = 1, 2, 4, 32, 4096
 MS_REC, MS_PRIVATE = 0x4000, 1 << 18
+MNT_DETACH = 2
 PR_SET_PDEATHSIG, PR_SET_CHILD_SUBREAPER, PR_SET_NO_NEW_PRIVS = 1, 36, 38
 RESULT_FD = 3
 WRITABLE_DIRS = ("/tmp", "/var/tmp", "/run/lock", "/dev/shm")  # the world-writable places
@@ -176,11 +178,29 @@ def _enter_child(job: dict, write_fd: int, workdir: str, iso: dict) -> None:
                        "OPENBLAS_NUM_THREADS": "1"})
 
 
+class _LineReader:
+    """Split a byte stream into lines in linear time (a long line is kept as a list of chunks)."""
+
+    def __init__(self) -> None:
+        self.partial: list[bytes] = []
+        self.total = 0
+
+    def feed(self, chunk: bytes) -> list[bytes]:
+        self.total += len(chunk)
+        if b"\n" not in chunk:
+            self.partial.append(chunk)
+            return []
+        first, *rest = chunk.split(b"\n")
+        lines = [b"".join(self.partial) + first, *rest[:-1]]
+        self.partial = [rest[-1]] if rest[-1] else []
+        return lines
+
+
 def _read_events(read_fd: int, pid: int, deadline: float, max_events: int) -> tuple[list[dict], bool, bool]:
     """Collect the child's event lines until it exits or the deadline passes."""
     pidfd = os.pidfd_open(pid)
-    buf, events, total = b"", [], 0
-    timed_out = flooded = exited = False
+    reader, events = _LineReader(), []
+    timed_out = flooded = False
     try:
         while True:
             left = deadline - time.monotonic()
@@ -188,29 +208,24 @@ def _read_events(read_fd: int, pid: int, deadline: float, max_events: int) -> tu
                 timed_out = True
                 break
             ready, _, _ = select.select([read_fd, pidfd], [], [], left)
-            if read_fd in ready:
-                chunk = os.read(read_fd, 1 << 16)
-                if chunk:
-                    total += len(chunk)
-                    if total > CHANNEL_LIMIT:
-                        flooded = True
-                        break
-                    buf += chunk
-                    *lines, buf = buf.split(b"\n")
-                    events += _parse(lines, max_events - len(events))
-                    continue
-                exited = True  # EOF: every writer is gone
-            if exited or pidfd in ready:
-                os.set_blocking(read_fd, False)  # drain what a finished child left in the pipe
-                try:
-                    while (chunk := os.read(read_fd, 1 << 16)) and total < CHANNEL_LIMIT:
-                        total += len(chunk)
-                        buf += chunk
-                except BlockingIOError:
-                    pass
-                *lines, buf = buf.split(b"\n")
-                events += _parse(lines, max_events - len(events))
+            if not ready:
+                timed_out = True
                 break
+            chunk = os.read(read_fd, 1 << 16) if read_fd in ready else b""
+            if chunk:
+                events += _parse(reader.feed(chunk), max_events - len(events))
+                if reader.total > CHANNEL_LIMIT:
+                    flooded = True
+                    break
+                continue
+            # EOF (every writer gone) or the child exited: drain what it left in the pipe, then stop
+            os.set_blocking(read_fd, False)
+            try:
+                while reader.total < CHANNEL_LIMIT and (chunk := os.read(read_fd, 1 << 16)):
+                    events += _parse(reader.feed(chunk), max_events - len(events))
+            except BlockingIOError:
+                pass
+            break
     finally:
         os.close(pidfd)
     return events, timed_out, flooded
@@ -273,6 +288,21 @@ def _children() -> list[int]:
     return pids
 
 
+def _clean(workdir: str, iso: dict) -> None:
+    """Nothing a program wrote survives into the next one. Our own tmpfs mounts are simply replaced by
+    fresh ones (no walking of a tree a program may have made a million entries or levels deep)."""
+    if iso["private_tmp"]:
+        for d in WRITABLE_DIRS:
+            if os.path.isdir(d) and os.listdir(d):
+                _check(_libc.umount2(d.encode(), MNT_DETACH), f"unmount {d}")
+                _mount_tmpfs(d)
+        return
+    try:
+        shutil.rmtree(workdir)
+    except (OSError, RecursionError):  # a tree deeper than Python's recursion limit
+        subprocess.run(["rm", "-rf", "--one-file-system", workdir], check=True, timeout=60)
+
+
 def run_job(job: dict, iso: dict) -> dict:
     workdir = tempfile.mkdtemp(prefix="cv-")
     if iso["uid_drop"]:
@@ -300,14 +330,7 @@ def run_job(job: dict, iso: dict) -> dict:
     _, status, usage = os.wait4(pid, 0)
     wall = time.monotonic() - start
     leftovers = _sweep(iso)
-    shutil.rmtree(workdir, ignore_errors=True)
-    if iso["private_tmp"]:  # our own tmpfs mounts: nothing a program wrote survives into the next one
-        for d in WRITABLE_DIRS:
-            for entry in os.scandir(d) if os.path.isdir(d) else ():
-                if entry.is_dir(follow_symlinks=False):
-                    shutil.rmtree(entry.path, ignore_errors=True)
-                else:
-                    os.unlink(entry.path)
+    _clean(workdir, iso)
     return {
         "events": events,
         "deadline_hit": timed_out,
@@ -335,13 +358,17 @@ def main() -> None:
     out.flush()
     for line in sys.stdin.buffer:
         job = json.loads(line)
+        broken = False
         try:
             result = run_job(job, iso)
-        except Exception as e:  # an infrastructure failure (fork refused, disk full): say so, keep going
+        except Exception as e:  # an infrastructure failure (fork refused, cleanup failed): say so
             result = {"infra_error": f"{type(e).__name__}: {e}"}
+            broken = True
         result["id"] = job["id"]
         out.write(json.dumps(result).encode() + b"\n")  # ASCII: a lone surrogate cannot break it
         out.flush()
+        if broken:  # state we could not clean up must not reach the next program: the parent starts a new worker
+            sys.exit(3)
 
 
 if __name__ == "__main__":

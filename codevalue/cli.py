@@ -71,33 +71,33 @@ def cmd_sandbox(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    """For now: label the bundled CodeGen-16B HumanEval samples and compare with published numbers."""
-    from collections import defaultdict
-
+    """The whole pipeline on the bundled CodeGen-16B HumanEval samples, each finished stage reused."""
+    from .crossval import crossval
+    from .evaluate import evaluate_files
     from .labels import LabelConfig, label_rollouts
     from .rollouts import CODEX_STOP, bundled_codegen_rollouts
+    from .targets import build_targets
 
     out = Path(args.out)
-    rollouts = out / "rollouts.jsonl"
+    rollouts, labeled, targets = out / "rollouts.jsonl", out / "labeled.jsonl", out / "targets.jsonl"
+    print("[1/4] label: run the 16,400 samples (truncated at the Codex stop list) against the tests")
     if not rollouts.exists():
         bundled_codegen_rollouts(rollouts)
     config = LabelConfig(stop=CODEX_STOP, sandbox=_sandbox_config(args))
-    summary = label_rollouts("humaneval", rollouts, out / "labeled.jsonl", config, progress=not args.quiet)
-    _print_summary(summary)
-    from .jsonl import read_jsonl
-
-    by_problem: dict[str, list[bool]] = defaultdict(list)
-    for _, rec in read_jsonl(out / "labeled.jsonl"):
-        by_problem[rec["problem_id"]].append(rec["passed"])
-    random_pick = 100 * sum(sum(v) / len(v) for v in by_problem.values()) / len(by_problem)
-    oracle = 100 * sum(any(v) for v in by_problem.values()) / len(by_problem)
-    print("\nHumanEval, CodeGen-16B samples (100 per problem, truncated at the Codex stop list)")
-    print(f"{'selection':<28}{'pass@1 %':>9}")
-    print(f"{'random pick (ours, exact)':<28}{random_pick:>9.1f}")
-    print(f"{'oracle (any sample passes)':<28}{oracle:>9.1f}")
-    for name, value in CODET_PUBLISHED.items():
-        print(f"{name + ' (published)':<28}{value:>9.1f}")
-    print("\nA value-model reranker row joins this table once the training issues land.")
+    _print_summary(label_rollouts("humaneval", rollouts, labeled, config, progress=not args.quiet))
+    print("[2/4] targets: per-prefix Monte-Carlo values")
+    if not targets.exists():
+        build_targets(labeled, "humaneval", targets)
+    print(f"[3/4] crossval: {args.folds} folds by problem, tiny-{args.tiny or args.tiny_default} value models")
+    scores = crossval(targets, out / "crossval", _training_args(args, out / "crossval"), folds=args.folds,
+                      base=args.base, tiny=args.tiny, per_problem=args.per_problem,
+                      batch_size=args.score_batch_size)
+    print("[4/4] evaluate")
+    results = evaluate_files([scores], out / "report", names=[f"value model ({args.tiny or args.base})"],
+                             published=CODET_PUBLISHED)
+    print("\nHumanEval, CodeGen-16B samples (100 per problem); our numbers are cross-validated by problem")
+    _print_results(results, CODET_PUBLISHED)
+    print(f"\nreport with plots: {out / 'report' / 'report.md'}")
     return 0
 
 
@@ -290,10 +290,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sandbox_options(p)
     p.set_defaults(func=cmd_sandbox)
 
-    p = sub.add_parser("demo", help="the main job on the bundled data (see README)")
+    p = sub.add_parser("demo", help="the whole pipeline on the bundled HumanEval samples (see README)")
     p.add_argument("--out", default="runs/demo", help="working directory (finished stages are reused)")
+    p.add_argument("--folds", type=int, default=2, help="cross-validation folds (more: slower, more training data)")
+    p.add_argument("--per-problem", type=int, default=16,
+                   help="rollouts per problem used for training (more: slower, maybe better)")
+    p.add_argument("--score-batch-size", type=int, default=32)
     p.add_argument("--quiet", action="store_true")
     _add_sandbox_options(p)
+    _add_train_options(p, epochs=1, tiny_default="1m")
+    p.set_defaults(full=True, max_length=384, lr=1e-3)
     p.set_defaults(func=cmd_demo)
     return parser
 

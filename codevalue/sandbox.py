@@ -227,7 +227,13 @@ class Sandbox:
                 if job is None:
                     return False
                 job_id = next(ids)
-            self._workers[slot].send(job_id, job, secrets.token_hex(8), self.config)
+            nonce = secrets.token_hex(8)
+            try:
+                self._workers[slot].send(job_id, job, nonce, self.config)
+            except OSError:  # the worker exited after its last job (e.g. it could not clean up): replace it
+                self._workers[slot].close()
+                self._workers[slot] = _Worker(slot, self.config)
+                self._workers[slot].send(job_id, job, nonce, self.config)
             sel.register(self._workers[slot].stdout, selectors.EVENT_READ, slot)
             return True
 

@@ -1,0 +1,452 @@
+"""Serve a value model over HTTP: a reward server for RL trainers and search.
+
+    codevalue serve MODEL_DIR [--host 127.0.0.1 --port 8000 --max-items 64 --max-tokens 4096 ...]
+
+Endpoints (JSON in, JSON out):
+  - `POST /v1/score`: `{"items": [{"prompt": P, "completion": C, "finished": true?}, ...], "per_token": false,
+    "finished": true}` -> `{"model": NAME, "results": [{"value": V, "dropped_tokens": D}, ...]}` in the order
+    of the items. `value` is the value at the last token (the outcome reward when the completion is finished).
+    With `"per_token": true` each result also has `token_values` (the value after every completion token)
+    and `token_offsets` (`[start, end)` character spans of those tokens in the completion). `finished`
+    (per request, or per item) says whether the completion is complete: then an end token is appended and
+    its value is the result; `false` scores a prefix (the process reward of an unfinished program).
+  - `POST /get_reward`: OpenRLHF's remote reward-model protocol (`--remote_rm_url http://HOST:PORT/get_reward`):
+    `{"query": [TEXT, ...], "prompts": [PROMPT, ...]?}` -> `{"rewards": [...], "scores": [...]}` (both the
+    value in [0, 1]; `scores` is what OpenRLHF's dynamic filtering reads). OpenRLHF sends prompt + response
+    concatenated in `query`; recent versions also send `prompts` (and `labels`, ignored here). When a query
+    starts with its prompt, the model reads (prompt, rest of the query) exactly as in training; otherwise,
+    or when `prompts` is absent, the whole query is scored as the completion of an empty prompt. Trailing
+    end/padding token strings in a query are removed (the end token is appended by the model itself).
+  - `GET /health`: `{"status": "ok", "model", "device", limits and batching counters}`.
+
+Concurrent requests are micro-batched: every item goes into one queue; a single worker takes up to
+`max_batch` items (waiting at most `max_wait_ms` for more after the first) and scores them in one call of
+`ValueModel.score` on a separate thread, so the event loop keeps accepting and validating requests while the
+model runs. Items of one request may be split over several batches; results come back in request order.
+
+Limits, checked before anything is queued (the server never dies on bad input; an error in the model
+answers that batch's requests with 500 and the worker carries on):
+  - more than `max_items` items in a request: 413, message names `max_items`;
+  - a request body over `max_body_bytes`: 413, message names `max_body_bytes`;
+  - an item with more than `max_tokens` tokens (prompt + completion + end token, counted with the model's
+    tokenizer): 422, message names `max_tokens` and the item. Items within the limit but longer than the
+    model's input length are left-truncated as in `ValueModel.score` (`dropped_tokens` says how many
+    completion tokens were cut);
+  - a body that is not JSON: 400; JSON of the wrong shape (missing or extra fields, wrong types): 422.
+
+There is no authentication: bind to loopback (the default) or put it behind a proxy that has some.
+"""
+
+# No `from __future__ import annotations`: FastAPI reads the endpoints' annotations (`Request`, imported
+# inside create_app so that importing this module needs no FastAPI) at definition time.
+
+import argparse
+import asyncio
+import contextlib
+import json
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from .model import Score, ValueModel
+
+DEFAULT_MAX_ITEMS = 64
+DEFAULT_MAX_TOKENS = 4096
+DEFAULT_MAX_BATCH = 32
+DEFAULT_MAX_WAIT_MS = 2.0
+DEFAULT_MAX_BODY_BYTES = 32 * 2**20
+
+
+class RequestError(Exception):
+    """A request the server refuses; `status` is the HTTP status, `limit` the limit it broke (if any)."""
+
+    def __init__(self, status: int, message: str, limit: str | None = None):
+        super().__init__(message)
+        self.status, self.message, self.limit = status, message, limit
+
+
+@dataclass
+class _Job:
+    prompt: str
+    completion: str
+    finished: bool
+    future: asyncio.Future
+
+
+class MicroBatcher:
+    """Collects items from concurrent requests into shared `score_fn(prompts, completions, finished)` calls.
+
+    One asyncio worker task takes up to `max_batch` queued items (waiting up to `max_wait_ms` after the first
+    for more) and runs `score_fn` on a single background thread; each item's future gets its `Score`.
+    """
+
+    def __init__(self, score_fn: Callable[[list[str], list[str], bool], list[Score]], max_batch: int = 32,
+                 max_wait_ms: float = 2.0):
+        if max_batch < 1:
+            raise ValueError("max_batch must be at least 1")
+        self.score_fn, self.max_batch, self.max_wait = score_fn, max_batch, max(0.0, max_wait_ms) / 1000
+        self.batches = 0  # score_fn calls
+        self.items = 0  # items scored
+        self.largest_batch = 0
+        self.errors = 0
+        self._queue: asyncio.Queue[_Job] | None = None
+        self._task: asyncio.Task | None = None
+        self._executor: ThreadPoolExecutor | None = None
+
+    async def start(self) -> None:
+        self._queue = asyncio.Queue()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="codevalue-score")
+        self._task = asyncio.create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        while self._queue is not None and not self._queue.empty():
+            job = self._queue.get_nowait()
+            if not job.future.done():
+                job.future.set_exception(RuntimeError("server shutting down"))
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+
+    @property
+    def queued(self) -> int:
+        return self._queue.qsize() if self._queue is not None else 0
+
+    async def submit(self, items: Sequence[tuple[str, str, bool]]) -> list[Score]:
+        if self._queue is None:
+            raise RuntimeError("MicroBatcher.start() was not called")
+        loop = asyncio.get_running_loop()
+        jobs = [_Job(p, c, f, loop.create_future()) for p, c, f in items]
+        for job in jobs:
+            self._queue.put_nowait(job)
+        try:
+            return list(await asyncio.gather(*(j.future for j in jobs)))
+        finally:  # a cancelled request (client gone) leaves no work behind
+            for job in jobs:
+                job.future.cancel()
+
+    async def _collect(self) -> list[_Job]:
+        assert self._queue is not None
+        batch = [await self._queue.get()]
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.max_wait
+        while len(batch) < self.max_batch:
+            if not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+                continue
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                break
+            try:
+                batch.append(await asyncio.wait_for(self._queue.get(), remaining))
+            except asyncio.TimeoutError:  # not TimeoutError: they differ on Python 3.10
+                break
+        return [j for j in batch if not j.future.done()]
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = await self._collect()
+            for finished in (True, False):
+                group = [j for j in batch if j.finished == finished]
+                if not group:
+                    continue
+                try:
+                    scores = await loop.run_in_executor(self._executor, self.score_fn, [j.prompt for j in group],
+                                                        [j.completion for j in group], finished)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as e:  # noqa: BLE001 - answered as 500 to the requests of this batch
+                    self.errors += 1
+                    for j in group:
+                        if not j.future.done():
+                            j.future.set_exception(e)
+                    continue
+                self.batches += 1
+                self.items += len(group)
+                self.largest_batch = max(self.largest_batch, len(group))
+                for j, s in zip(group, scores, strict=True):
+                    if not j.future.done():
+                        j.future.set_result(s)
+
+
+# ------------------------------------------------------------------------------------------------ requests
+
+
+def _validation_message(error) -> str:
+    parts = []
+    for err in error.errors()[:5]:
+        where = ".".join(str(x) for x in err.get("loc", ())) or "body"
+        parts.append(f"{where}: {err.get('msg', 'invalid')}")
+    more = len(error.errors()) - len(parts)
+    return "; ".join(parts) + (f" (and {more} more)" if more > 0 else "")
+
+
+def _models():
+    from pydantic import BaseModel, ConfigDict, StrictBool, StrictStr
+
+    class ScoreItem(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        prompt: StrictStr
+        completion: StrictStr
+        finished: StrictBool | None = None
+
+    class ScoreRequest(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        items: list[ScoreItem]
+        per_token: StrictBool = False
+        finished: StrictBool = True
+
+    class RewardRequest(BaseModel):
+        model_config = ConfigDict(extra="ignore")  # OpenRLHF also sends `labels` (and maybe `metas`)
+        query: list[StrictStr]
+        prompts: list[StrictStr] | None = None
+
+    return ScoreRequest, RewardRequest
+
+
+def split_query(query: str, prompt: str | None, strip: Sequence[str] = ()) -> tuple[str, str]:
+    """(prompt, completion) of an OpenRLHF query (prompt + response): the prompt when the query starts with
+    it, else an empty prompt and the whole query; trailing `strip` strings (end/padding tokens) removed."""
+    changed = True
+    while changed:
+        changed = False
+        for s in strip:
+            if s and query.endswith(s):
+                query, changed = query[: -len(s)], True
+    if prompt and query.startswith(prompt):
+        return prompt, query[len(prompt):]
+    return "", query
+
+
+def create_app(value_model: ValueModel, *, max_items: int = DEFAULT_MAX_ITEMS, max_tokens: int = DEFAULT_MAX_TOKENS,
+               max_batch: int = DEFAULT_MAX_BATCH, max_wait_ms: float = DEFAULT_MAX_WAIT_MS,
+               max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, model_name: str | None = None):
+    """The FastAPI app serving `value_model` (see the module docstring). `app.state.batcher` is the
+    MicroBatcher (its counters show how requests were batched)."""
+    from fastapi import FastAPI, Request
+    from fastapi.responses import JSONResponse
+    from pydantic import ValidationError
+
+    ScoreRequest, RewardRequest = _models()
+    vm = value_model
+    tok = vm.tokenizer
+    name = model_name or str(vm.meta.get("backbone") or type(vm.model).__name__)
+    strip = [s for s in {tok.eos_token, tok.pad_token} if s]
+    batcher = MicroBatcher(lambda p, c, f: vm.score(p, c, batch_size=max_batch, finished=f), max_batch, max_wait_ms)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        await batcher.start()
+        try:
+            yield
+        finally:
+            await batcher.stop()
+
+    app = FastAPI(title="codevalue reward server", lifespan=lifespan)
+    app.state.batcher = batcher
+    app.state.value_model = vm
+
+    def error(status: int, message: str, limit: str | None = None) -> JSONResponse:
+        body: dict[str, Any] = {"detail": message}
+        if limit:
+            body["limit"] = limit
+        return JSONResponse(body, status_code=status)
+
+    async def read_json(request: Request, list_field: str) -> Any:
+        length = request.headers.get("content-length")
+        if length and length.isdigit() and int(length) > max_body_bytes:
+            raise RequestError(413, f"request body of {length} bytes is over the limit max_body_bytes="
+                                    f"{max_body_bytes}", "max_body_bytes")
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > max_body_bytes:
+                raise RequestError(413, f"request body is over the limit max_body_bytes={max_body_bytes}",
+                                   "max_body_bytes")
+            chunks.append(chunk)
+        try:
+            data = json.loads(b"".join(chunks))
+        except (ValueError, UnicodeDecodeError) as e:
+            raise RequestError(400, f"malformed JSON: {e}") from None
+        if not isinstance(data, dict):
+            raise RequestError(422, f"expected a JSON object with a {list_field!r} list, got {type(data).__name__}")
+        items = data.get(list_field)
+        if isinstance(items, list) and len(items) > max_items:
+            raise RequestError(413, f"{len(items)} items in {list_field!r}, over the limit max_items={max_items}",
+                               "max_items")
+        return data
+
+    def count_tokens(prompts: list[str], completions: list[str], finished: list[bool]) -> list[int]:
+        def lengths(texts: list[str]) -> list[int]:
+            if not any(texts):
+                return [0] * len(texts)
+            return [len(ids) if t else 0 for t, ids in
+                    zip(texts, tok(texts, add_special_tokens=False)["input_ids"], strict=True)]
+
+        eos = vm.spec.append_eos
+        return [a + b + int(f and eos) for a, b, f in
+                zip(lengths(prompts), lengths(completions), finished, strict=True)]
+
+    async def check_tokens(items: list[tuple[str, str, bool]]) -> None:
+        if not items:
+            return
+        counts = await asyncio.to_thread(count_tokens, [i[0] for i in items], [i[1] for i in items],
+                                         [i[2] for i in items])
+        for k, n in enumerate(counts):
+            if n > max_tokens:
+                raise RequestError(422, f"item {k} has {n} tokens (prompt + completion + end token), over the limit "
+                                        f"max_tokens={max_tokens}", "max_tokens")
+            if n == 0:
+                raise RequestError(422, f"item {k} is empty: an unfinished item needs a prompt or a completion")
+
+    async def run(request: Request, handler) -> JSONResponse:
+        try:
+            return await handler(request)
+        except RequestError as e:
+            return error(e.status, e.message, e.limit)
+        except ValidationError as e:
+            return error(422, _validation_message(e))
+        except Exception as e:  # noqa: BLE001 - the server stays up; the client learns what failed
+            return error(500, f"scoring failed: {type(e).__name__}: {e}")
+
+    async def do_score(request: Request) -> JSONResponse:
+        req = ScoreRequest.model_validate(await read_json(request, "items"))
+        items = [(it.prompt, it.completion, req.finished if it.finished is None else it.finished)
+                 for it in req.items]
+        await check_tokens(items)
+        scores = await batcher.submit(items)
+        results = []
+        for s in scores:
+            r: dict[str, Any] = {"value": s.final, "dropped_tokens": s.dropped_tokens}
+            if req.per_token:
+                r["token_values"] = s.values
+                r["token_offsets"] = [list(o) for o in s.offsets]
+            results.append(r)
+        return JSONResponse({"model": name, "results": results})
+
+    async def do_reward(request: Request) -> JSONResponse:
+        req = RewardRequest.model_validate(await read_json(request, "query"))
+        if req.prompts is not None and len(req.prompts) != len(req.query):
+            raise RequestError(422, f"{len(req.prompts)} prompts for {len(req.query)} queries")
+        prompts = req.prompts or [None] * len(req.query)
+        items = [(*split_query(q, p, strip), True) for q, p in zip(req.query, prompts, strict=True)]
+        await check_tokens(items)
+        rewards = [s.final for s in await batcher.submit(items)]
+        return JSONResponse({"rewards": rewards, "scores": rewards})
+
+    @app.post("/v1/score")
+    async def score_endpoint(request: Request):
+        return await run(request, do_score)
+
+    @app.post("/get_reward")
+    async def reward_endpoint(request: Request):
+        return await run(request, do_reward)
+
+    @app.get("/health")
+    async def health():
+        return {"status": "ok", "model": name, "device": str(vm.device),
+                "backbone": vm.meta.get("backbone"), "max_items": max_items, "max_tokens": max_tokens,
+                "max_batch": max_batch, "max_wait_ms": max_wait_ms, "model_max_length": vm.spec.max_length,
+                "batches": batcher.batches, "items_scored": batcher.items, "largest_batch": batcher.largest_batch,
+                "queued": batcher.queued, "errors": batcher.errors}
+
+    return app
+
+
+class BackgroundServer:
+    """Run an ASGI app with uvicorn on a background thread (tests, benchmarks, notebooks).
+
+        with BackgroundServer(create_app(vm)) as server:
+            httpx.get(server.url + "/health")
+
+    `port=0` takes a free port; `server.url` tells which. Leaving the block stops the server cleanly.
+    """
+
+    def __init__(self, app, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning",
+                 start_timeout: float = 30.0):
+        import uvicorn
+
+        self.host = host
+        self.server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level=log_level,
+                                                    lifespan="on", access_log=False))
+        self.start_timeout = start_timeout
+        self.thread = threading.Thread(target=self.server.run, name="codevalue-serve", daemon=True)
+        self.port = port
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def start(self) -> "BackgroundServer":
+        self.thread.start()
+        deadline = time.monotonic() + self.start_timeout
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"the server did not start on {self.host}:{self.port}")
+            time.sleep(0.01)
+        self.port = self.server.servers[0].sockets[0].getsockname()[1]
+        return self
+
+    def stop(self, timeout: float = 30.0) -> None:
+        self.server.should_exit = True
+        if self.thread.is_alive():
+            self.thread.join(timeout)
+
+    def __enter__(self) -> "BackgroundServer":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+# ----------------------------------------------------------------------------------------------------- CLI
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import torch
+    import uvicorn
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    dtype = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[args.dtype]
+    vm = ValueModel.from_pretrained(args.model, device=args.device, dtype=dtype)
+    app = create_app(vm, max_items=args.max_items, max_tokens=args.max_tokens, max_batch=args.max_batch,
+                     max_wait_ms=args.max_wait_ms, max_body_bytes=args.max_body_mb * 2**20,
+                     model_name=args.name or str(args.model))
+    print(f"codevalue: serving {args.model} on {vm.device} at http://{args.host}:{args.port} "
+          "(POST /v1/score, POST /get_reward, GET /health)", flush=True)
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+    return 0
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser("serve", help="serve a value model over HTTP (reward server, OpenRLHF protocol)",
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("model", help="codevalue model directory")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; no authentication)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    p.add_argument("--max-items", type=int, default=DEFAULT_MAX_ITEMS, help="items per request (else 413)")
+    p.add_argument("--max-tokens", type=int, default=DEFAULT_MAX_TOKENS, help="tokens per item (else 422)")
+    p.add_argument("--max-body-mb", type=int, default=DEFAULT_MAX_BODY_BYTES // 2**20,
+                   help="request body size in MiB (else 413)")
+    p.add_argument("--max-batch", type=int, default=DEFAULT_MAX_BATCH, help="items per shared forward pass")
+    p.add_argument("--max-wait-ms", type=float, default=DEFAULT_MAX_WAIT_MS,
+                   help="how long a batch waits for more items after its first (default 2 ms)")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--name", help="model name reported by /health and /v1/score (default: MODEL)")
+    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    p.set_defaults(func=cmd_serve)
+    return p
+
+
+__all__ = ["create_app", "MicroBatcher", "BackgroundServer", "split_query", "add_parser", "cmd_serve",
+           "RequestError"]
