@@ -126,6 +126,10 @@ def _add_train_options(p: argparse.ArgumentParser, epochs: float = 2, tiny_defau
     p.add_argument("--grad-accum", type=int, default=1)
     p.add_argument("--max-length", type=int, default=1024, help="tokens per example (prompt cut from the left)")
     p.add_argument("--aux-weight", type=float, default=0.0, help="weight of the auxiliary verdict-class head")
+    p.add_argument("--group-size", type=int, default=0,
+                   help="batch rollouts of one problem together, G per group (the batch size counts groups)")
+    p.add_argument("--rank-weight", type=float, default=0.0,
+                   help="weight of the within-problem listwise loss on final values (needs --group-size)")
     p.add_argument("--eval-fraction", type=float, default=0.1, help="share of training problems held out")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--bf16", action="store_true")
@@ -146,6 +150,7 @@ def _training_args(args: argparse.Namespace, output_dir: Path, save_checkpoints:
         bf16=args.bf16, gradient_checkpointing=args.gradient_checkpointing,
         train_last_layers=-1 if args.full else args.train_last_layers, lora_r=args.lora_r,
         max_length=args.max_length, aux_weight=args.aux_weight, eval_fraction=args.eval_fraction,
+        group_size=args.group_size, rank_weight=args.rank_weight,
         disable_tqdm=args.quiet)
 
 
@@ -279,6 +284,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_score)
+
+    from .generate import add_parser as add_generate_parser
+
+    add_generate_parser(sub)
 
     p = sub.add_parser("problems", help="load a problem set and report what it holds")
     p.add_argument("source", help="file, bundled name or hub dataset id")

@@ -474,7 +474,7 @@ def generate_rollouts(problems: str | os.PathLike | list[Problem], generator: Ge
                 if k not in (("samples",) if cfg.mode == "tree" else ("branches", "per_branch"))}
     settings["stop"] = list(cfg.stop) if cfg.stop is not None else None
     settings["logprobs"] = "model" if isinstance(generator, HFGenerator) else "server"
-    meta = {"generator": generator.name, "backend": type(generator).__name__}
+    meta = {"name": generator.name, "backend": type(generator).__name__}
     existing = read_completed_lines(out)
     counts: dict[str, int] = defaultdict(int)
     for rec in existing:
@@ -483,7 +483,8 @@ def generate_rollouts(problems: str | os.PathLike | list[Problem], generator: Ge
                                  f"{rec.get('sampling')}, not {meta} {settings}; use another -o")
         counts[str(rec["problem_id"])] += 1
     complete = {str(r["problem_id"]) for r in existing if counts[str(r["problem_id"])] == r.get("tree_size")}
-    groups = [problems[i:i + cfg.group_size] for i in range(0, len(problems), max(1, cfg.group_size))]
+    size = max(1, cfg.group_size)
+    groups = [problems[i:i + size] for i in range(0, len(problems), size)]
     todo = [g for g in groups if any(p.problem_id not in complete for p in g)]
     redo = {p.problem_id for g in todo for p in g}
     if any(str(r["problem_id"]) in redo for r in existing):  # drop incomplete groups' lines

@@ -110,6 +110,9 @@ def build_targets(labeled: str | os.PathLike, problems: str | os.PathLike | list
                   out: str | os.PathLike, smooth: float = 0.0) -> dict[str, Any]:
     """Read `codevalue label` output, write it back with `prompt`, `value_targets` and `label_class`.
 
+    `prompt` is the text the generator was given: the rollout's own `prompt` field (written by
+    `codevalue generate`) when present, else the problem's prompt.
+
     Rollouts labelled infra_error are dropped (their label says nothing about the program).
     """
     if not isinstance(problems, list):
@@ -136,7 +139,7 @@ def build_targets(labeled: str | os.PathLike, problems: str | os.PathLike | list
         texts = [evaluated_completion(r) for r in recs]
         targets = prefix_value_targets(texts, [bool(r["passed"]) for r in recs], smooth=smooth)
         for rec, text, tgt in zip(recs, texts, targets, strict=True):
-            records.append({**rec, "prompt": prompts[pid], "completion_scored": text,
+            records.append({**rec, "prompt": rec.get("prompt") or prompts[pid], "completion_scored": text,
                             "value_targets": tgt.to_dict(), "label_class": failure_class(rec["verdict"])})
     write_jsonl(out, records)
     return {"rollouts": len(records), "problems": len(groups), "dropped_infra_error": dropped,

@@ -53,6 +53,12 @@ class ValueTrainingArguments(TrainingArguments):
         "help": "weight of the auxiliary verdict-class loss at the last token (0: no auxiliary head)"})
     eval_fraction: float = field(default=0.1, metadata={"help": "share of problems held out for eval loss"})
     append_eos: bool = field(default=True, metadata={"help": "end finished completions with EOS"})
+    group_size: int = field(default=0, metadata={
+        "help": "> 0: each batch item is a group of up to G rollouts of ONE problem (the batch size counts "
+                "groups), so the ranking loss can compare rollouts of the same problem"})
+    rank_weight: float = field(default=0.0, metadata={
+        "help": "weight of a listwise loss on final values within each group: -log softmax of the passing "
+                "rollouts among their group (needs group_size > 0)"})
     # Defaults changed from TrainingArguments:
     learning_rate: float = field(default=3e-4, metadata={"help": "peak learning rate (AdamW)"})
     logging_steps: float = field(default=10, metadata={"help": "log every N steps"})
@@ -104,6 +110,10 @@ class ValueCollator:
     pad_token_id: int
 
     def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
+        group_index = None
+        if "group" in features[0]:  # group-wise batches: flatten, remembering each row's group
+            group_index = torch.tensor([g for g, f in enumerate(features) for _ in f["group"]])
+            features = [x for f in features for x in f["group"]]
         width = max(len(f["input_ids"]) for f in features)
         batch = len(features)
         ids = torch.full((batch, width), self.pad_token_id, dtype=torch.long)
@@ -115,8 +125,38 @@ class ValueCollator:
             mask[i, :n] = 1
             labels[i, :n] = torch.tensor(f["value_labels"])
         last = mask.sum(1) - 1  # right padding: index of each row's last real token
-        return {"input_ids": ids, "attention_mask": mask, "value_labels": labels,
-                "class_labels": torch.tensor([f["class_labels"] for f in features]), "last_index": last}
+        batch = {"input_ids": ids, "attention_mask": mask, "value_labels": labels,
+                 "class_labels": torch.tensor([f["class_labels"] for f in features]), "last_index": last}
+        if group_index is not None:
+            batch["group_index"] = group_index
+        return batch
+
+
+def make_groups(examples: list[dict], problem_ids: list[str], group_size: int, seed: int) -> list[dict]:
+    """Deal each problem's rollouts into groups of up to `group_size` (shuffled, seeded)."""
+    by_problem: dict[str, list[dict]] = {}
+    for ex, pid in zip(examples, problem_ids, strict=True):
+        by_problem.setdefault(pid, []).append(ex)
+    rng = random.Random(seed)
+    groups = []
+    for pid in sorted(by_problem):
+        items = by_problem[pid]
+        rng.shuffle(items)
+        groups += [{"group": items[i:i + group_size]} for i in range(0, len(items), group_size)]
+    return groups
+
+
+def listwise_loss(final_logits: torch.Tensor, passed: torch.Tensor, group_index: torch.Tensor) -> torch.Tensor:
+    """Mean over groups with both outcomes of -mean_{passing i} log softmax_group(final_logits)_i: rank the
+    passing rollouts of a problem above its failing ones, whatever the problem's difficulty."""
+    losses = []
+    for g in group_index.unique():
+        sel = group_index == g
+        y = passed[sel]
+        if 0 < y.sum() < len(y):
+            logp = torch.log_softmax(final_logits[sel].float(), dim=0)
+            losses.append(-logp[y].mean())
+    return torch.stack(losses).mean() if losses else final_logits.sum() * 0.0
 
 
 def value_loss(logits: torch.Tensor, value_labels: torch.Tensor, class_labels: torch.Tensor | None = None,
@@ -136,6 +176,11 @@ class ValueTrainer(Trainer):
         outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
         loss = value_loss(outputs.logits, inputs["value_labels"], inputs["class_labels"], inputs["last_index"],
                           self.args.aux_weight)
+        if self.args.rank_weight and "group_index" in inputs:
+            rows = torch.arange(outputs.logits.shape[0], device=outputs.logits.device)
+            final = outputs.logits[rows, inputs["last_index"], 0]  # (B,) value logit at each row's last token
+            passed = inputs["class_labels"] == 0
+            loss = loss + self.args.rank_weight * listwise_loss(final, passed, inputs["group_index"])
         return (loss, outputs) if return_outputs else loss
 
 
@@ -171,6 +216,11 @@ def train_value_model(examples: str | os.PathLike | list[dict], output_dir: str 
     model, tokenizer = prepare_model(args, base, tiny, num_labels=1 + len(spec.aux_classes))
     train_ds = [tokenize_example(tokenizer, r, spec) for r in train_recs]
     eval_ds = [tokenize_example(tokenizer, r, spec) for r in eval_recs] or None
+    train_tokens = sum(len(x["input_ids"]) for x in train_ds)
+    if args.group_size > 0:
+        train_ds = make_groups(train_ds, [str(r["problem_id"]) for r in train_recs], args.group_size, args.seed)
+        if eval_ds:
+            eval_ds = make_groups(eval_ds, [str(r["problem_id"]) for r in eval_recs], args.group_size, args.seed)
     if eval_ds is None:
         args.eval_strategy = "no"
     trainer = ValueTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
@@ -192,8 +242,8 @@ def train_value_model(examples: str | os.PathLike | list[dict], output_dir: str 
         "parameters": n_params,
         "train_problems": sorted({str(r["problem_id"]) for r in train_recs}),
         "eval_problems": sorted({str(r["problem_id"]) for r in eval_recs}),
-        "train_examples": len(train_ds),
-        "train_tokens": sum(len(x["input_ids"]) for x in train_ds),
+        "train_examples": len(train_recs),
+        "train_tokens": train_tokens,
         "train_seconds": round(seconds, 2),
         "metrics": {k: (round(v, 5) if isinstance(v, float) else v) for k, v in metrics.items()},
     }
