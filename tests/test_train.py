@@ -365,3 +365,35 @@ def test_train_targets_from_file(tmp_path, tok, base_dir):
     assert meta["train_examples"] == 6 and meta["trainable"] == "head + last 0 blocks"
     before, after = load_file(base_dir / "model.safetensors"), load_file(tmp_path / "model" / "model.safetensors")
     assert all(torch.equal(before[k], after[k]) for k in before if k != "lm_head.weight")
+
+
+def test_listwise_loss_matches_hand_computation():
+    from codevalue.train import listwise_loss
+
+    logits = torch.tensor([2.0, 0.0, 1.0, 5.0, -1.0])
+    passed = torch.tensor([True, False, True, True, True])
+    groups = torch.tensor([0, 0, 0, 1, 1])  # group 1 has only passing rollouts: it carries no ranking signal
+    logp = torch.log_softmax(torch.tensor([2.0, 0.0, 1.0]), dim=0)
+    expected = -(logp[0] + logp[2]) / 2
+    assert torch.allclose(listwise_loss(logits, passed, groups), expected)
+    # no group with both outcomes: zero, and still differentiable
+    flat = torch.tensor([1.0, 2.0], requires_grad=True)
+    loss = listwise_loss(flat, torch.tensor([True, True]), torch.tensor([0, 0]))
+    loss.backward()
+    assert loss.item() == 0.0 and flat.grad is not None
+
+
+def test_make_groups_keeps_problems_apart_and_collator_flattens():
+    from codevalue.train import ValueCollator, make_groups
+
+    examples = [{"input_ids": [1] * (i + 1), "value_labels": [0.5] * (i + 1), "class_labels": i % 2}
+                for i in range(7)]
+    pids = ["a", "a", "a", "b", "b", "b", "b"]
+    groups = make_groups(examples, pids, group_size=2, seed=0)
+    assert sorted(len(g["group"]) for g in groups) == [1, 2, 2, 2]
+    for g in groups:  # every group holds rollouts of a single problem
+        assert len({pids[examples.index(x)] for x in g["group"]}) == 1
+    batch = ValueCollator(pad_token_id=0)(groups[:2])
+    n = len(groups[0]["group"]) + len(groups[1]["group"])
+    assert batch["input_ids"].shape[0] == n
+    assert batch["group_index"].tolist() == [0] * len(groups[0]["group"]) + [1] * len(groups[1]["group"])
