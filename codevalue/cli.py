@@ -286,8 +286,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_score)
 
     from .generate import add_parser as add_generate_parser
+    from .search import add_parsers as add_search_parsers
+    from .serve import add_parser as add_serve_parser
 
     add_generate_parser(sub)
+    add_serve_parser(sub)
+    add_search_parsers(sub)
 
     p = sub.add_parser("problems", help="load a problem set and report what it holds")
     p.add_argument("source", help="file, bundled name or hub dataset id")

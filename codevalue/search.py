@@ -276,7 +276,9 @@ def prune_replay(scores: str | os.PathLike | list[dict], every: Iterable[int] = 
     interval in `every`. Rows (`kind`):
       - "prune": all N rollouts generated with pruning, saved tokens not spent;
       - "refill" (with `refill=W`): W rollouts started, each pruned one replaced by a fresh rollout while
-        less than the cost of W unpruned rollouts was spent; averaged over `permutations` random orders;
+        less than the cost of W unpruned rollouts was spent; averaged over `permutations` random orders
+        (a Monte Carlo estimate: with nothing pruned it is best-of-W up to that noise); top-k values >= W
+        never bind and are left out;
       - "best_of_m": no pruning, m rollouts (the baseline curve; expected tokens m/N).
     Each row: tokens_generated, tokens_generated_fraction (of what generating every recorded rollout costs),
     survivors_per_problem, reranked_pass@1 (mean and 95% bootstrap interval over problems, in %),
@@ -330,7 +332,11 @@ def prune_replay(scores: str | os.PathLike | list[dict], every: Iterable[int] = 
         rng = np.random.default_rng(seed)
         orders = {p.problem_id: [rng.permutation(len(p.lengths)) for _ in range(max(1, permutations))]
                   for p in problems}
-        for policy in policies:
+        # top k >= W never binds with W running: such policies are the threshold alone (or no pruning)
+        effective = {PrunePolicy(q.every, q.threshold, q.top_k if q.top_k is not None and q.top_k < refill else None)
+                     for q in policies}
+        for policy in sorted((q for q in effective if q.threshold is not None or q.top_k is not None),
+                             key=lambda q: (q.every, q.threshold or 0, q.top_k or 0)):
             generated, per, anyp, surv = 0.0, [], [], []
             for p in problems:
                 results = [replay_refill(p, policy, refill, o) for o in orders[p.problem_id]]

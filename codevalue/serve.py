@@ -20,9 +20,12 @@ Endpoints (JSON in, JSON out):
   - `GET /health`: `{"status": "ok", "model", "device", limits and batching counters}`.
 
 Concurrent requests are micro-batched: every item goes into one queue; a single worker takes up to
-`max_batch` items (waiting at most `max_wait_ms` for more after the first) and scores them in one call of
-`ValueModel.score` on a separate thread, so the event loop keeps accepting and validating requests while the
-model runs. Items of one request may be split over several batches; results come back in request order.
+`max_batch` items (waiting at most `max_wait_ms` for more after the first) and scores them on a separate
+thread, so the event loop keeps accepting and validating requests while the model runs. A batch is sorted by
+length and cut into forward passes (at most `forward_batch` items, padding at most `max_padding` of the real
+tokens), so one long item does not make many short ones pay for its length. Items of one request may be
+split over several batches; results come back in request order. Values equal `ValueModel.score` on the
+items alone up to float rounding (~1e-7: padding changes kernel shapes, never what a token attends to).
 
 Limits, checked before anything is queued (the server never dies on bad input; an error in the model
 answers that batch's requests with 500 and the worker carries on):
@@ -51,6 +54,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+from .errors import CodevalueError
 from .model import Score, ValueModel
 
 DEFAULT_MAX_ITEMS = 64
@@ -224,14 +228,39 @@ def split_query(query: str, prompt: str | None, strip: Sequence[str] = ()) -> tu
     return "", query
 
 
+def forward_passes(lengths: Sequence[int], max_items: int, max_padding: float = 0.25) -> list[list[int]]:
+    """Indices grouped into forward passes: sorted by length, at most `max_items` each, and padding (every
+    item padded to the pass's longest) at most `max_padding` times the pass's real tokens.
+
+    >>> forward_passes([10, 100, 12, 11, 95], max_items=8)
+    [[0, 3, 2], [4, 1]]
+    """
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    passes: list[list[int]] = []
+    current: list[int] = []
+    real = 0
+    for i in order:  # ascending: the newest item is the longest of its pass
+        n = max(1, lengths[i])
+        if current and (len(current) == max_items or (len(current) + 1) * n > (1 + max_padding) * (real + n)):
+            passes.append(current)
+            current, real = [], 0
+        current.append(i)
+        real += n
+    if current:
+        passes.append(current)
+    return passes
+
+
 def create_app(value_model: ValueModel, *, max_items: int = DEFAULT_MAX_ITEMS, max_tokens: int = DEFAULT_MAX_TOKENS,
                max_batch: int = DEFAULT_MAX_BATCH, max_wait_ms: float = DEFAULT_MAX_WAIT_MS,
                max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, model_name: str | None = None,
-               forward_batch: int | None = None):
+               forward_batch: int | None = None, max_padding: float = 0.25):
     """The FastAPI app serving `value_model` (see the module docstring). `app.state.batcher` is the
-    MicroBatcher (its counters show how requests were batched). A collected batch is scored in one
-    `ValueModel.score` call, which sorts it by length and runs forward passes of `forward_batch` items
-    (default: max_batch); smaller passes of similar lengths waste less on padding, which matters on CPU."""
+    MicroBatcher (its counters show how requests were batched).
+
+    A collected batch is sorted by length and cut into forward passes of at most `forward_batch` items
+    (default: max_batch) whose padding adds at most `max_padding` (a fraction) to their real tokens, so a
+    long item does not make many short ones pay for its length."""
     from fastapi import FastAPI, Request
     from fastapi.responses import JSONResponse
     from pydantic import ValidationError
@@ -242,7 +271,21 @@ def create_app(value_model: ValueModel, *, max_items: int = DEFAULT_MAX_ITEMS, m
     name = model_name or str(vm.meta.get("backbone") or type(vm.model).__name__)
     strip = [s for s in {tok.eos_token, tok.pad_token} if s]
     per_pass = forward_batch or max_batch
-    batcher = MicroBatcher(lambda p, c, f: vm.score(p, c, batch_size=per_pass, finished=f), max_batch, max_wait_ms)
+    counters = {"forward_passes": 0}
+
+    def score_batch(prompts: list[str], completions: list[str], finished: bool) -> list[Score]:
+        lengths = [min(n, vm.spec.max_length) for n in count_tokens(prompts, completions, [finished] * len(prompts))]
+        passes = forward_passes(lengths, per_pass, max_padding)
+        out: list[Score | None] = [None] * len(prompts)
+        for group in passes:
+            counters["forward_passes"] += 1
+            scores = vm.score([prompts[i] for i in group], [completions[i] for i in group], batch_size=len(group),
+                              finished=finished)
+            for i, sc in zip(group, scores, strict=True):
+                out[i] = sc
+        return out  # type: ignore[return-value]
+
+    batcher = MicroBatcher(score_batch, max_batch, max_wait_ms)
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
@@ -276,8 +319,8 @@ def create_app(value_model: ValueModel, *, max_items: int = DEFAULT_MAX_ITEMS, m
             chunks.append(chunk)
         try:
             data = json.loads(b"".join(chunks))
-        except (ValueError, UnicodeDecodeError) as e:
-            raise RequestError(400, f"malformed JSON: {e}") from None
+        except (ValueError, UnicodeDecodeError, RecursionError) as e:  # RecursionError: absurdly deep nesting
+            raise RequestError(400, f"malformed JSON: {type(e).__name__}: {str(e)[:200]}") from None
         if not isinstance(data, dict):
             raise RequestError(422, f"expected a JSON object with a {list_field!r} list, got {type(data).__name__}")
         items = data.get(list_field)
@@ -356,9 +399,11 @@ def create_app(value_model: ValueModel, *, max_items: int = DEFAULT_MAX_ITEMS, m
     async def health():
         return {"status": "ok", "model": name, "device": str(vm.device),
                 "backbone": vm.meta.get("backbone"), "max_items": max_items, "max_tokens": max_tokens,
-                "max_batch": max_batch, "forward_batch": per_pass, "max_wait_ms": max_wait_ms,
+                "max_batch": max_batch, "forward_batch": per_pass, "max_padding": max_padding,
+                "max_wait_ms": max_wait_ms,
                 "model_max_length": vm.spec.max_length,
-                "batches": batcher.batches, "items_scored": batcher.items, "largest_batch": batcher.largest_batch,
+                "batches": batcher.batches, "forward_passes": counters["forward_passes"],
+                "items_scored": batcher.items, "largest_batch": batcher.largest_batch,
                 "queued": batcher.queued, "errors": batcher.errors}
 
     return app
@@ -416,7 +461,13 @@ class BackgroundServer:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     import torch
-    import uvicorn
+
+    try:
+        import fastapi  # noqa: F401
+        import uvicorn
+    except ImportError as e:
+        hint = "pip install fastapi uvicorn"
+        raise CodevalueError(f"`codevalue serve` needs FastAPI and uvicorn ({e}): {hint}") from None
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -424,7 +475,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     vm = ValueModel.from_pretrained(args.model, device=args.device, dtype=dtype)
     app = create_app(vm, max_items=args.max_items, max_tokens=args.max_tokens, max_batch=args.max_batch,
                      max_wait_ms=args.max_wait_ms, max_body_bytes=args.max_body_mb * 2**20,
-                     model_name=args.name or str(args.model), forward_batch=args.forward_batch)
+                     model_name=args.name or str(args.model), forward_batch=args.forward_batch,
+                     max_padding=args.max_padding)
     print(f"codevalue: serving {args.model} on {vm.device} at http://{args.host}:{args.port} "
           "(POST /v1/score, POST /get_reward, GET /health)", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
@@ -446,6 +498,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--max-batch", type=int, default=DEFAULT_MAX_BATCH, help="items per shared forward pass")
     p.add_argument("--forward-batch", type=int, default=None,
                    help="items per forward pass within a batch, sorted by length (default: --max-batch)")
+    p.add_argument("--max-padding", type=float, default=0.25,
+                   help="padding a forward pass may add, as a fraction of its real tokens (default 0.25)")
     p.add_argument("--max-wait-ms", type=float, default=DEFAULT_MAX_WAIT_MS,
                    help="how long a batch waits for more items after its first (default 2 ms)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
@@ -455,5 +509,5 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     return p
 
 
-__all__ = ["create_app", "MicroBatcher", "BackgroundServer", "split_query", "add_parser", "cmd_serve",
+__all__ = ["create_app", "forward_passes", "MicroBatcher", "BackgroundServer", "split_query", "add_parser", "cmd_serve",
            "RequestError"]
