@@ -530,9 +530,53 @@ def cmd_generate(args: argparse.Namespace) -> int:
         gen = HFGenerator(args.model, tokenizer, device=args.device, dtype=args.dtype, batch_size=args.batch_size,
                           chat_template=chat)
     problems = load_problems(args.problems, format=args.format)[: args.limit]
+    if args.prune_with:
+        if args.endpoint:
+            raise CodevalueError("--prune-with needs a local --model (the HF backend)")
+        return _generate_pruned(args, gen, problems, config, chat)
     s = generate_rollouts(problems, gen, args.out, config, progress=not args.quiet, tokenizer=tokenizer)
     print(f"generated {s['rollouts_written']} rollouts for {s['generated_problems']} problems "
           f"({s['skipped_problems']} already complete) in {s['wall_seconds']} s -> {s['out']}")
+    return 0
+
+
+def _generate_pruned(args: argparse.Namespace, gen: HFGenerator, problems: list[Problem], config: GenerateConfig,
+                     chat: bool) -> int:
+    """`--prune-with`: N samples per problem, pruned every T tokens by a value model (codevalue.search).
+
+    Each candidate (pruned ones included, with `status` and `pruned_at`) is one rollout, so `label` and
+    `evaluate` read the output as usual; a problem's rollouts are written together (resumable by problem).
+    """
+    from .model import ValueModel
+    from .search import generate_with_pruning
+
+    vm = ValueModel.from_pretrained(args.prune_with)
+    done = {str(r["problem_id"]) for r in read_completed_lines(args.out)}
+    templated = bool(chat and getattr(gen.tokenizer, "chat_template", None))
+    total = 0
+    with JsonlAppender(args.out) as sink:
+        for problem in problems:
+            if problem.problem_id in done:
+                continue
+            prompt = build_prompt(problem, gen.tokenizer, chat)
+            stop = config.stop if config.stop is not None else (CODEX_STOP if problem.kind == "check" else ())
+            result = generate_with_pruning(
+                gen.model, gen.tokenizer, vm, prompt, n=config.samples, every=args.prune_every,
+                threshold=args.prune_threshold, top_k=args.prune_top_k, max_new_tokens=config.max_new_tokens,
+                refill=args.prune_refill, stop=stop, temperature=config.temperature, top_p=config.top_p,
+                seed=_seed(config.seed, problem.problem_id), add_special_tokens=not templated,
+                eos_token_id=sorted(gen.eos_ids))
+            for c in result.candidates:
+                sink.write({"problem_id": problem.problem_id, "rollout_id": f"{problem.problem_id}/p{c.index}",
+                            "prompt": prompt, "completion": c.text, "status": c.status, "pruned_at": c.pruned_at,
+                            "tokens_generated": c.tokens, "value": c.value,
+                            "generator": {"name": gen.name, "backend": "hf", "pruned_with": str(args.prune_with)},
+                            "sampling": {"temperature": config.temperature, "top_p": config.top_p,
+                                         "every": args.prune_every, "threshold": args.prune_threshold,
+                                         "top_k": args.prune_top_k, "refill": args.prune_refill}})
+            sink.flush()
+            total += len(result.candidates)
+    print(f"generated {total} rollouts with pruning by {args.prune_with} -> {args.out}")
     return 0
 
 
@@ -573,6 +617,12 @@ def add_parser(subparsers) -> None:
     p.add_argument("--timeout", type=float, default=600.0, help="--endpoint: seconds per request")
     p.add_argument("--concurrency", type=int, default=8, help="--endpoint: requests in flight")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    g = p.add_argument_group("PRM-guided early pruning (HF backend; --samples rollouts per problem)")
+    g.add_argument("--prune-with", help="value model directory: prune rollouts while generating")
+    g.add_argument("--prune-every", type=int, default=32, help="score and prune every T new tokens")
+    g.add_argument("--prune-threshold", type=float, help="drop rollouts whose value falls below this")
+    g.add_argument("--prune-top-k", type=int, help="keep at most k running rollouts")
+    g.add_argument("--prune-refill", action="store_true", help="spend the saved budget on fresh rollouts")
     p.set_defaults(func=cmd_generate)
 
 

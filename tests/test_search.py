@@ -352,3 +352,36 @@ def test_generation_with_a_real_value_model(policy, tok, vm):
         assert c.value == pytest.approx(vm.score([PROMPT], [c.text])[0].final, abs=1e-5)
     pruned = [c for c in g.candidates if c.status == "pruned"]
     assert len(pruned) == 1 and pruned[0].pruned_at == 4
+
+
+def test_generate_prune_with_cli_writes_every_candidate(tmp_path):
+    """`codevalue generate --prune-with`: top-k pruning every T tokens, each candidate one rollout line."""
+    import json
+
+    from transformers import Phi3Config, Phi3ForCausalLM
+
+    from codevalue.cli import main
+    from codevalue.model import ValueModel, build_tiny_model, load_tokenizer
+
+    tok = load_tokenizer()
+    torch.manual_seed(0)
+    lm = Phi3ForCausalLM(Phi3Config(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                    num_attention_heads=2, num_key_value_heads=2, pad_token_id=tok.pad_token_id,
+                                    eos_token_id=tok.eos_token_id, bos_token_id=tok.eos_token_id))
+    lm.save_pretrained(tmp_path / "lm")
+    tok.save_pretrained(tmp_path / "lm")
+    ValueModel(build_tiny_model("1m", tok), tok).save_pretrained(tmp_path / "vm")
+    out = tmp_path / "out.jsonl"
+    args = ["generate", "--problems", "humaneval", "--limit", "2", "-o", str(out), "--model", str(tmp_path / "lm"),
+            "--samples", "4", "--max-new-tokens", "24", "--prune-with", str(tmp_path / "vm"), "--prune-every", "8",
+            "--prune-top-k", "2", "--quiet"]
+    assert main(args) == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["rollout_id"] for r in rows] == [f"HumanEval/{p}/p{i}" for p in (0, 1) for i in range(4)]
+    for pid in ("HumanEval/0", "HumanEval/1"):
+        mine = [r for r in rows if r["problem_id"] == pid]
+        pruned = [r for r in mine if r["status"] == "pruned"]
+        assert len(pruned) == 2 and all(r["pruned_at"] == 8 and r["tokens_generated"] == 8 for r in pruned)
+        assert all(r["prompt"] == mine[0]["prompt"] for r in mine)
+    assert main(args) == 0  # resumed: both problems complete, nothing appended
+    assert len(out.read_text().splitlines()) == 8
