@@ -50,54 +50,67 @@ def _mount_tmpfs(target: str, mode: str = "1777") -> None:
            f"mount tmpfs on {target}")
 
 
-def _expose_python(notes: list[str]) -> None:
-    """Let the sandbox uid import the standard library and site-packages.
+class _Mounts:
+    """Our private view of the filesystem, rebuilt at will: a directory is covered by an empty tmpfs, then
+    the import paths below it (the standard library, site-packages, this package) are bound back
+    read-only, and the problem files below it are hidden again.
 
-    Python often lives in a directory others cannot enter (e.g. /root/.pyenv under a 0700 /root). In our
-    private mount namespace we cover each such directory with an empty tmpfs and bind back, read-only,
-    only the import paths below it; the rest of it (a home directory, say) stays out of sight.
+    Why: programs may write only to fresh tmpfs mounts over the world-writable directories, which are
+    replaced after every program; and Python often lives below a directory the sandbox uid may not enter
+    (e.g. /root/.pyenv under a 0700 /root) or below /tmp itself (a clone in /tmp/...).
     """
-    needed = {os.path.realpath(p) for p in sys.path if p and os.path.isdir(p)}
-    needed |= {os.path.realpath(sys.base_prefix), os.path.realpath(sys.prefix)}
-    blocked: dict[str, set[str]] = {}
-    for path in sorted(needed):
-        current = "/"
-        for part in path.strip("/").split("/"):
-            current = os.path.join(current, part)
-            if not os.stat(current).st_mode & 0o001:  # others may not traverse it
-                blocked.setdefault(current, set()).add(path)
-                break
-    for top, paths in blocked.items():
-        if top in paths:
-            notes.append(f"{top} is not readable by the sandbox uid; imports from it fail")
-            paths.discard(top)
-        fds = {p: os.open(p, os.O_PATH) for p in paths}  # keep hold of them before they are covered
-        _mount_tmpfs(top, mode="0755")
-        for path, fd in sorted(fds.items()):
+
+    def __init__(self, hidden: list[str]):
+        needed = {os.path.realpath(p) for p in sys.path if p and os.path.isdir(p)}
+        needed |= {os.path.realpath(sys.base_prefix), os.path.realpath(sys.prefix)}
+        # Outermost paths only: binding a directory binds everything below it.
+        self.needed = [p for p in sorted(needed) if not any(p.startswith(q + "/") for q in needed)]
+        self.fds = {p: os.open(p, os.O_PATH) for p in self.needed}  # held before anything is covered
+        self.hidden = [os.path.realpath(h) for h in hidden if os.path.exists(h)]
+
+    def blocked_tops(self) -> list[str]:
+        """The outermost directories on the way to an import path that others may not traverse."""
+        tops = []
+        for path in self.needed:
+            current = "/"
+            for part in path.strip("/").split("/"):
+                current = os.path.join(current, part)
+                if not os.stat(current).st_mode & 0o001:
+                    tops.append(current)
+                    break
+        return sorted(set(tops))
+
+    def _under(self, paths: list[str], top: str) -> list[str]:
+        return [p for p in paths if p.startswith(top.rstrip("/") + "/")]
+
+    def kept_names(self, top: str) -> set[str]:
+        return {p[len(top.rstrip("/")) + 1:].split("/")[0] for p in self._under(self.needed, top)}
+
+    def cover(self, top: str, mode: str) -> None:
+        _mount_tmpfs(top, mode=mode)
+        for path in self._under(self.needed, top):
             os.makedirs(path, exist_ok=True)
-            _check(_libc.mount(f"/proc/self/fd/{fd}".encode(), path.encode(), None, MS_BIND | MS_REC, None),
-                   f"bind {path}")
+            _check(_libc.mount(f"/proc/self/fd/{self.fds[path]}".encode(), path.encode(), None,
+                               MS_BIND | MS_REC, None), f"bind {path}")
             _libc.mount(None, path.encode(), None, MS_REMOUNT | MS_BIND | MS_RDONLY, None)
-            os.close(fd)
+        self.hide(self._under(self.hidden, top))
+
+    def hide(self, paths: list[str]) -> list[str]:
+        """Cover files (with /dev/null) and directories (with an empty tmpfs) that hold expected outputs."""
+        for path in paths:
+            if os.path.isdir(path):
+                _mount_tmpfs(path, mode="0755")
+            elif os.path.isfile(path):
+                _check(_libc.mount(b"/dev/null", path.encode(), None, MS_BIND, None), f"hide {path}")
+        return paths
 
 
-def _hide(paths: list[str]) -> list[str]:
-    """Cover files (with /dev/null) and directories (with an empty tmpfs) that hold expected outputs."""
-    hidden = []
-    for path in paths:
-        path = os.path.realpath(path)
-        if os.path.isdir(path):
-            _mount_tmpfs(path, mode="0755")
-        elif os.path.isfile(path):
-            _check(_libc.mount(b"/dev/null", path.encode(), None, MS_BIND, None), f"hide {path}")
-        else:
-            continue
-        hidden.append(path)
-    return hidden
+MOUNTS: _Mounts  # set by setup_isolation
 
 
 def setup_isolation(slot: int, uid_base: int, hidden: list[str] = ()) -> dict:
     """Enter new namespaces once for this worker; report what is in force (shown to users verbatim)."""
+    global MOUNTS
     info = {"uid_drop": False, "namespaces": [], "private_tmp": False, "cleanup": "process group",
             "rlimits": ["AS", "CPU", "FSIZE", "NOFILE", "CORE"], "notes": []}
     is_root = os.geteuid() == 0
@@ -113,13 +126,19 @@ def setup_isolation(slot: int, uid_base: int, hidden: list[str] = ()) -> dict:
             info["namespaces"].append("user")
         info["namespaces"] += ["mount", "network", "ipc", "uts"]
         _check(_libc.mount(b"none", b"/", None, MS_REC | MS_PRIVATE, None), "make / private")
+        MOUNTS = _Mounts(list(hidden))  # its descriptors must belong to the new mount namespace
+        blocked = MOUNTS.blocked_tops() if is_root else []
         for d in WRITABLE_DIRS:
             if os.path.isdir(d):
-                _mount_tmpfs(d)
+                MOUNTS.cover(d, "1777")
         info["private_tmp"] = True
-        if is_root:
-            _expose_python(info["notes"])
-        info["hidden"] = _hide(hidden)
+        for top in blocked:
+            if top in MOUNTS.needed:
+                info["notes"].append(f"{top} is not readable by the sandbox uid; imports from it fail")
+            MOUNTS.cover(top, "0755")
+        covered = [*WRITABLE_DIRS, *blocked]
+        MOUNTS.hide([h for h in MOUNTS.hidden if not any(h.startswith(c + "/") for c in covered)])
+        info["hidden"] = MOUNTS.hidden
     except OSError as e:
         info["notes"].append(f"namespaces unavailable ({e}); programs can reach the network and /tmp")
     if is_root:
@@ -293,9 +312,9 @@ def _clean(workdir: str, iso: dict) -> None:
     fresh ones (no walking of a tree a program may have made a million entries or levels deep)."""
     if iso["private_tmp"]:
         for d in WRITABLE_DIRS:
-            if os.path.isdir(d) and os.listdir(d):
+            if os.path.isdir(d) and set(os.listdir(d)) - MOUNTS.kept_names(d):
                 _check(_libc.umount2(d.encode(), MNT_DETACH), f"unmount {d}")
-                _mount_tmpfs(d)
+                MOUNTS.cover(d, "1777")
         return
     try:
         shutil.rmtree(workdir)
@@ -347,13 +366,13 @@ def main() -> None:
     slot, uid_base = int(sys.argv[1]), int(sys.argv[2])
     hidden = json.loads(sys.argv[3]) if len(sys.argv) > 3 else []
     out = sys.stdout.buffer
-    iso = setup_isolation(slot, uid_base, hidden)
     from codevalue import (
         _child,
         compare,  # noqa: F401  (used by the child; imported once here)
     )
 
     exec(_child.APPS_PREAMBLE, {})  # import numpy & co. once, so every fork starts warm
+    iso = setup_isolation(slot, uid_base, hidden)
     out.write(json.dumps({"ready": True, "isolation": iso}).encode() + b"\n")
     out.flush()
     for line in sys.stdin.buffer:

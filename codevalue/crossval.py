@@ -86,15 +86,18 @@ def crossval(targets: str | os.PathLike | list[dict], out_dir: str | os.PathLike
         meta_path = model_dir / "codevalue.json"
         expected = sorted({str(r["problem_id"]) for r in train_recs})
         meta = json.loads(meta_path.read_text()) if meta_path.exists() else None
+        scores_path = fold_dir / "scores.jsonl"
         if meta is None or sorted(meta["train_problems"] + meta["eval_problems"]) != expected:
             log(f"fold {k + 1}/{folds}: training on {len(train_recs)} rollouts of {len(expected)} problems")
+            scores_path.unlink(missing_ok=True)  # scores of an earlier model must never be reused
             args.output_dir = str(fold_dir / "checkpoints")
             meta = train_value_model(train_recs, model_dir, args, base=base, tiny=tiny)
         else:
             log(f"fold {k + 1}/{folds}: reusing {model_dir}")
         if set(meta["train_problems"] + meta["eval_problems"]) & set(held_out):  # the whole point of crossval
             raise CodevalueError(f"fold {k}: the model trained on problems it is asked to score")
-        scores_path = fold_dir / "scores.jsonl"
+        if scores_path.exists() and sorted({str(r["problem_id"]) for _, r in read_jsonl(scores_path)}) != held_out:
+            scores_path.unlink()  # written for another fold assignment
         if not scores_path.exists():
             log(f"fold {k + 1}/{folds}: scoring {len(test_recs)} rollouts of {len(held_out)} held-out problems")
             vm = ValueModel.from_pretrained(model_dir)

@@ -45,6 +45,8 @@ def load_scores(path: str | os.PathLike, difficulty: dict[str, str] | None = Non
             if name not in rec:
                 raise DataError(path, "missing field (expected `codevalue score` output)", line=line, field=name)
         groups[str(rec["problem_id"])].append(rec)
+    if not groups:
+        raise DataError(path, "no scored rollouts")
     out = []
     for pid, recs in groups.items():
         tv = [r["token_values"] for r in recs] if all("token_values" in r for r in recs) else None
@@ -301,6 +303,8 @@ def evaluate_files(paths: list[str | os.PathLike], out_dir: str | os.PathLike, n
     names = names or [Path(p).stem for p in paths]
     if len(names) != len(paths):
         raise DataError(out_dir, f"{len(names)} names for {len(paths)} score files")
+    if len(set(names)) != len(names):
+        raise DataError(out_dir, f"critic names must differ, got {names}; name them with --names")
     results = {name: evaluate_problems(load_scores(path)) for name, path in zip(names, paths, strict=True)}
     write_report(results, out_dir, published)
     return results

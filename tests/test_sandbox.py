@@ -917,3 +917,31 @@ def test_event_flood_on_the_result_channel_keeps_memory_bounded():
     # the test process is killed at its per-test wall limit (or the worker's deadline), never a pass
     assert result.tests[0].status in ("timeout", "missing"), result
     assert grown_mb < 32, f"the worker grew by {grown_mb:.0f} MB on a 3 s flood of empty events"
+
+
+@requires_root
+def test_package_installed_under_tmp_still_runs_programs(tmp_path):
+    """A checkout under /tmp (CI clones often live there) is re-exposed inside the worker's fresh /tmp."""
+    import shutil
+    import subprocess
+    import sys
+
+    import codevalue
+
+    pkg = Path(codevalue.__file__).parent
+    shutil.copytree(pkg, tmp_path / "codevalue", ignore=shutil.ignore_patterns("__pycache__", "data"))
+    (tmp_path / "codevalue" / "data").mkdir()
+    (tmp_path / "cv_probe_mod.py").write_text("VALUE = 2\n")  # importable only through the checkout's path
+    tmp_path.chmod(0o755)  # pytest makes it 0700; a clone is readable by others
+    driver = ("from codevalue.sandbox import Sandbox, SandboxConfig, Job\n"
+              "import codevalue, sys\n"
+              "assert codevalue.__file__.startswith(sys.argv[1]), codevalue.__file__\n"
+              "with Sandbox(SandboxConfig(workers=1)) as box:\n"
+              "    r = box.run(Job('import cv_probe_mod\\nprint(int(input()) * cv_probe_mod.VALUE)', 'stdin',\n"
+              "                    'script', ['21']))\n"
+              "    print(r.tests[0].stdout.strip(), box.isolation['private_tmp'])\n")
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-c", driver, str(tmp_path)], env=env, capture_output=True, text=True,
+                         timeout=60, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["42", "True"]

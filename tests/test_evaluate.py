@@ -1,0 +1,403 @@
+"""Critic metrics against hand-computed values: best-of-n, calibration, bootstrap, AUROC, process reward,
+and the report files."""
+
+import itertools
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from codevalue.cli import main
+from codevalue.errors import DataError
+from codevalue.evaluate import (
+    FRACTIONS,
+    ProblemScores,
+    _value_at_fraction,
+    best_of_n,
+    bootstrap_ci,
+    evaluate_files,
+    evaluate_problems,
+    expected_calibration_error,
+    load_scores,
+    tie_averaged_order,
+    write_report,
+)
+
+T, F = True, False
+
+
+def arr(*xs):
+    return np.array(xs)
+
+
+def write_lines(path: Path, records: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path
+
+
+# ---------------------------------------------------------------------------------------------------------
+# best_of_n
+
+
+def brute_best_of_n(values, passed, n: int) -> float:
+    """Average over every n-subset of the pass of its top-valued rollout, ties broken uniformly at random."""
+    picks = []
+    for subset in itertools.combinations(range(len(values)), n):
+        top = max(values[i] for i in subset)
+        tied = [i for i in subset if values[i] == top]
+        picks.append(sum(bool(passed[i]) for i in tied) / len(tied))
+    return sum(picks) / len(picks)
+
+
+def test_tie_averaged_order():
+    assert tie_averaged_order(arr(0.2, 0.9, 0.2, 0.5), arr(T, F, F, T)).tolist() == [0.0, 1.0, 0.5, 0.5]
+
+
+def test_best_of_n_one_is_mean_pass_rate():
+    values, passed = arr(0.3, 0.9, 0.1, 0.5, 0.7), arr(T, F, F, T, T)
+    assert best_of_n(values, passed, 1) == pytest.approx(0.6)
+
+
+def test_best_of_n_all_is_top_rollout():
+    values, passed = arr(0.3, 0.9, 0.1, 0.5, 0.7), arr(T, F, F, T, T)
+    assert best_of_n(values, passed, 5) == 0.0  # the 0.9 rollout fails
+    assert best_of_n(values, ~passed, 5) == 1.0
+    assert best_of_n(values, passed, 50) == 0.0  # n > N is clamped to N
+
+
+def test_best_of_n_ties_at_top_averaged():
+    assert best_of_n(arr(1.0, 1.0, 0.0), arr(T, F, T), 3) == pytest.approx(0.5)
+    # n = 2: subsets {0,1} -> 0.5, {0,2} -> 1, {1,2} -> 0
+    assert best_of_n(arr(1.0, 1.0, 0.0), arr(T, F, T), 2) == pytest.approx(0.5)
+    assert best_of_n(arr(0.4, 0.4, 0.4, 0.4), arr(T, F, F, F), 2) == pytest.approx(0.25)
+
+
+def test_best_of_n_middle_n_by_hand():
+    # ranks (best first): passed F, T, F, T.  n = 2 weights C(3-i, 1)/C(4, 2) = 3/6, 2/6, 1/6, 0
+    values, passed = arr(0.9, 0.7, 0.5, 0.3), arr(F, T, F, T)
+    assert best_of_n(values, passed, 2) == pytest.approx(2 / 6)
+    # n = 3 weights C(3-i, 2)/C(4, 3) = 3/4, 1/4, 0, 0
+    assert best_of_n(values, passed, 3) == pytest.approx(1 / 4)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_best_of_n_matches_subset_enumeration(seed):
+    rng = np.random.default_rng(seed)
+    for _ in range(5):
+        N = int(rng.integers(1, 8))
+        values = rng.integers(0, 3, size=N) / 2  # few distinct values: plenty of ties
+        passed = rng.random(N) < 0.5
+        for n in range(1, N + 1):
+            assert best_of_n(values, passed, n) == pytest.approx(brute_best_of_n(values, passed, n)), (
+                values, passed, n)
+
+
+@pytest.mark.parametrize("N", [1, 4])
+def test_best_of_n_all_pass_all_fail(N):
+    values = np.linspace(0.1, 0.9, N)
+    for n in range(1, N + 1):
+        assert best_of_n(values, np.ones(N, bool), n) == pytest.approx(1.0)
+        assert best_of_n(values, np.zeros(N, bool), n) == 0.0
+
+
+def test_best_of_n_single_rollout():
+    assert best_of_n(arr(0.3), arr(T), 1) == 1.0
+    assert best_of_n(arr(0.3), arr(F), 1) == 0.0
+    assert best_of_n(arr(0.3), arr(T), 8) == 1.0
+
+
+# ---------------------------------------------------------------------------------------------------------
+# calibration, bootstrap, prefixes
+
+
+def test_expected_calibration_error_by_hand():
+    probs = arr(0.05, 0.15, 0.2, 0.25, 0.85, 0.95, 1.0)
+    labels = arr(0, 1, 1, 0, 1, 1, 1).astype(float)
+    ece, table = expected_calibration_error(probs, labels)
+    # bins: [0,.1): .05 -> acc 0 | [.1,.2): .15 -> 1 | [.2,.3): .2,.25 -> .5 | [.8,.9): .85 -> 1 | [.9,1]: .95,1 -> 1
+    assert table == [pytest.approx((0.05, 0.0, 1)), pytest.approx((0.15, 1.0, 1)), pytest.approx((0.225, 0.5, 2)),
+                     pytest.approx((0.85, 1.0, 1)), pytest.approx((0.975, 1.0, 2))]
+    expected = (1 * 0.05 + 1 * 0.85 + 2 * 0.275 + 1 * 0.15 + 2 * 0.025) / 7
+    assert ece == pytest.approx(expected)
+    assert expected_calibration_error(arr(0.0, 1.0), arr(0.0, 1.0))[0] == 0.0  # perfectly calibrated
+
+
+def test_bootstrap_ci_contains_mean_and_is_seeded():
+    x = np.random.default_rng(1).random(30)
+    lo, hi = bootstrap_ci(x, seed=3)
+    assert lo < x.mean() < hi
+    assert bootstrap_ci(x, seed=3) == (lo, hi)
+    assert bootstrap_ci(x, seed=4) != (lo, hi)
+    assert bootstrap_ci(np.full(5, 0.25)) == pytest.approx((0.25, 0.25))
+
+
+@pytest.mark.parametrize("length,expected", [
+    (10, {0.1: 0, 0.2: 1, 0.3: 2, 0.5: 4, 0.7: 6, 0.9: 8, 1.0: 9}),
+    (4, {0.1: 0, 0.2: 0, 0.3: 1, 0.5: 1, 0.6: 2, 0.7: 2, 0.8: 3, 1.0: 3}),
+    (3, {0.1: 0, 0.3: 0, 0.4: 1, 0.6: 1, 0.7: 2, 1.0: 2}),
+    (1, {0.1: 0, 1.0: 0}),
+])
+def test_value_at_fraction_index_is_ceil_minus_one(length, expected):
+    tv = [float(i) for i in range(length)]
+    for f, index in expected.items():
+        assert _value_at_fraction(tv, f) == index
+    for f in FRACTIONS:  # no float surprises, e.g. 0.3 * 10 -> 3 exactly
+        assert _value_at_fraction(tv, f) == max(0, -(-round(10 * f) * length // 10) - 1)
+
+
+def test_value_at_fraction_empty_is_nan():
+    assert math.isnan(_value_at_fraction([], 0.5))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# evaluate_problems on hand-made problems
+
+# P1 top passes (AUROC 1); P2 top fails, the passing one in the middle (AUROC 0.5); P3 all fail (no AUROC);
+# P4 a tie at the top between a pass and a fail, plus a low pass (AUROC 0.25).
+HAND = [
+    ("P1", [0.9, 0.6, 0.3], [T, F, F], 1, "easy"),
+    ("P2", [0.8, 0.4, 0.2], [F, T, F], 1, "easy"),
+    ("P3", [0.7, 0.5, 0.1], [F, F, F], 0, "hard"),
+    ("P4", [0.55, 0.55, 0.05], [T, F, T], 0, "hard"),
+]
+
+
+def hand_problems(token_values=False, first=False, difficulty=False, logprob=False) -> list[ProblemScores]:
+    out = []
+    for pid, values, passed, first_index, diff in HAND:
+        # prefix values: anti-informative for the first half of the tokens (1 - final), the final value after
+        tv = [[1 - v, 1 - v, v, v] for v in values] if token_values else None
+        lp = np.array([0.0, -1.0, -2.0]) if logprob else None  # the generator prefers rollout 0
+        out.append(ProblemScores(pid, np.array(values), np.array(passed), tv, first_index if first else None, lp,
+                                 diff if difficulty else ""))
+    return out
+
+
+def pairwise_auroc(pos, neg) -> float:
+    return sum(1.0 if p > n else 0.5 if p == n else 0.0 for p in pos for n in neg) / (len(pos) * len(neg))
+
+
+def test_evaluate_problems_selection():
+    m = evaluate_problems(hand_problems())
+    assert m["problems"] == 4 and m["rollouts"] == 12
+    assert m["reranked_pass@1"]["mean"] == pytest.approx(100 * (1 + 0 + 0 + 0.5) / 4)
+    assert m["random_pass@1"]["mean"] == pytest.approx(100 * (1 / 3 + 1 / 3 + 0 + 2 / 3) / 4)
+    assert m["oracle_pass@1"]["mean"] == pytest.approx(75.0)
+    assert m["improvement_over_random"]["mean"] == pytest.approx(37.5 - 100 / 3)
+    assert m["relative_improvement_%"] == pytest.approx(12.5)
+    for key in ("reranked_pass@1", "random_pass@1", "oracle_pass@1", "improvement_over_random"):
+        assert m[key]["ci_low"] <= m[key]["mean"] + 1e-9 and m[key]["mean"] <= m[key]["ci_high"] + 1e-9
+    # n_max = 3: powers of two up to 3, then 3 itself. n = 2 per problem: 2/3, 1/3, 0, 1/2
+    assert m["best_of_n"] == pytest.approx({"1": 100 / 3, "2": 100 * (2 / 3 + 1 / 3 + 0.5) / 4, "3": 37.5})
+    for key in ("first_sample_pass@1", "mean_logprob_pass@1", "process_reward", "by_difficulty"):
+        assert key not in m
+
+
+def test_evaluate_problems_auroc_and_calibration():
+    m = evaluate_problems(hand_problems())
+    # per problem: 1.0, 0.5, (P3 one class: excluded), 0.25
+    assert m["auroc_problems"] == 3
+    assert m["auroc_mean_per_problem"] == pytest.approx((1 + 0.5 + 0.25) / 3)
+    lo, hi = m["auroc_mean_per_problem_ci"]
+    assert 0.25 <= lo <= m["auroc_mean_per_problem"] <= hi <= 1.0
+    # pooled over all 12 rollouts: 15.5 of 32 (pass, fail) pairs in order
+    values = np.concatenate([np.array(v) for _, v, *_ in HAND])
+    labels = np.concatenate([np.array(p) for _, _, p, *_ in HAND])
+    assert pairwise_auroc(values[labels], values[~labels]) == pytest.approx(15.5 / 32)
+    assert m["auroc_pooled"] == pytest.approx(15.5 / 32)
+    assert m["brier"] == pytest.approx(float(np.mean((values - labels) ** 2)))
+    assert m["ece"] == pytest.approx(expected_calibration_error(values, labels.astype(float))[0])
+    expected_ll = -np.mean(np.where(labels, np.log(values), np.log(1 - values)))
+    assert m["log_loss"] == pytest.approx(expected_ll)
+    assert sum(count for _, _, count in m["reliability"]) == 12
+
+
+def test_evaluate_problems_auroc_none_without_both_classes():
+    m = evaluate_problems([ProblemScores("a", arr(0.9, 0.1), arr(T, T)), ProblemScores("b", arr(0.2), arr(T))])
+    assert m["auroc_pooled"] is None and m["auroc_mean_per_problem"] is None and m["auroc_problems"] == 0
+    assert "auroc_mean_per_problem_ci" not in m
+    assert m["reranked_pass@1"]["mean"] == m["random_pass@1"]["mean"] == m["oracle_pass@1"]["mean"] == 100.0
+    assert m["best_of_n"] == {"1": 100.0}  # one problem has a single rollout
+
+
+def test_evaluate_problems_first_sample_and_logprob():
+    m = evaluate_problems(hand_problems(first=True, logprob=True))
+    # first samples: P1[1] F, P2[1] T, P3[0] F, P4[0] T
+    assert m["first_sample_pass@1"]["mean"] == pytest.approx(50.0)
+    # the generator's pick (rollout 0): T, F, F, T
+    assert m["mean_logprob_pass@1"]["mean"] == pytest.approx(50.0)
+
+
+def test_evaluate_problems_process_reward():
+    m = evaluate_problems(hand_problems(token_values=True))
+    prm = m["process_reward"]
+    assert list(prm) == [str(f) for f in FRACTIONS]
+    # 4 tokens: fractions up to 0.5 read index 0 or 1 (1 - value), from 0.6 on index 2 or 3 (the value)
+    for f in ("0.1", "0.2", "0.3", "0.4", "0.5"):
+        # reversed order picks: P1 the 0.3 fail, P2 the 0.2 fail, P3 a fail, P4 the 0.05 pass
+        assert prm[f]["reranked_pass@1"] == pytest.approx(25.0), f
+        assert prm[f]["auroc_pooled"] == pytest.approx(1 - 15.5 / 32), f
+    for f in ("0.6", "0.7", "0.8", "0.9", "1.0"):
+        assert prm[f]["reranked_pass@1"] == pytest.approx(37.5), f
+        assert prm[f]["auroc_pooled"] == pytest.approx(15.5 / 32), f
+    assert m["prm_beats_random_from_fraction"] == 0.6
+
+
+def test_evaluate_problems_process_reward_never_beats_random():
+    problems = hand_problems(token_values=True)
+    for p in problems:
+        p.token_values = [[1 - v] * 4 for v in p.values]
+    m = evaluate_problems(problems)
+    assert m["prm_beats_random_from_fraction"] is None
+
+
+def test_evaluate_problems_by_difficulty():
+    m = evaluate_problems(hand_problems(difficulty=True))
+    assert m["by_difficulty"] == {
+        "easy": {"problems": 2, "reranked_pass@1": pytest.approx(50.0), "random_pass@1": pytest.approx(100 / 3)},
+        "hard": {"problems": 2, "reranked_pass@1": pytest.approx(25.0), "random_pass@1": pytest.approx(100 / 3)},
+    }
+    problems = hand_problems()
+    problems[0].difficulty = "easy"  # a single labelled difficulty is still reported
+    assert evaluate_problems(problems)["by_difficulty"] == {
+        "easy": {"problems": 1, "reranked_pass@1": 100.0, "random_pass@1": pytest.approx(100 / 3)}}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# load_scores, report files, CLI
+
+
+def score_records(values_by_problem: dict[str, list[float]], token_values: bool = True) -> list[dict]:
+    records = []
+    for pid, values in values_by_problem.items():
+        passed = [T, F, F, T][:len(values)]
+        for i, (v, p) in enumerate(zip(values, passed, strict=True)):
+            rec = {"problem_id": pid, "rollout_id": i, "passed": p, "value": v, "sample_index": i}
+            if token_values:
+                rec["token_values"] = [0.5, (0.5 + v) / 2, v]
+            records.append(rec)
+    return records
+
+
+def test_load_scores_groups_problems(tmp_path):
+    recs = score_records({"A": [0.9, 0.2, 0.4], "B": [0.1, 0.3]})
+    recs[3]["difficulty"] = "interview"
+    for r in recs:
+        r["mean_logprob"] = -r["value"]
+    recs[0]["sample_index"], recs[1]["sample_index"] = 1, 0
+    path = write_lines(tmp_path / "s.jsonl", recs)
+    a, b = load_scores(path)
+    assert (a.problem_id, b.problem_id) == ("A", "B")
+    assert a.values.tolist() == [0.9, 0.2, 0.4] and a.passed.tolist() == [T, F, F]
+    assert a.passed.dtype == bool
+    assert a.first_index == 1 and b.first_index == 0
+    assert a.token_values[0] == [0.5, 0.7, 0.9]
+    assert b.logprob.tolist() == [-0.1, -0.3]
+    assert (a.difficulty, b.difficulty) == ("", "interview")
+    a, b = load_scores(path, difficulty={"A": "intro"})
+    assert (a.difficulty, b.difficulty) == ("intro", "interview")  # the record's own difficulty is the fallback
+
+
+def test_load_scores_optional_fields_absent(tmp_path):
+    recs = score_records({"A": [0.9, 0.2]}, token_values=False)
+    recs[1]["token_values"] = [0.2]  # only some records have token values: none are used
+    for r in recs:
+        del r["sample_index"]
+    [a] = load_scores(write_lines(tmp_path / "s.jsonl", recs))
+    assert a.token_values is None and a.first_index is None and a.logprob is None
+
+
+@pytest.mark.parametrize("field", ["value", "passed", "problem_id"])
+def test_load_scores_missing_field(tmp_path, field):
+    recs = score_records({"A": [0.9, 0.2]})
+    del recs[1][field]
+    path = write_lines(tmp_path / "s.jsonl", recs)
+    with pytest.raises(DataError, match=f"record 2, field '{field}'") as e:
+        load_scores(path)
+    assert e.value.field == field and e.value.line == 2
+
+
+TWO = {"A": [0.9, 0.2, 0.4, 0.6], "B": [0.1, 0.3, 0.8, 0.5], "C": [0.7, 0.6, 0.2, 0.9]}
+TWO_OTHER = {"A": [0.1, 0.8, 0.4, 0.6], "B": [0.9, 0.3, 0.2, 0.5], "C": [0.1, 0.9, 0.2, 0.7]}
+
+
+@pytest.fixture
+def two_critics(tmp_path):
+    return (write_lines(tmp_path / "good.jsonl", score_records(TWO)),
+            write_lines(tmp_path / "bad.jsonl", score_records(TWO_OTHER)))
+
+
+def is_png(path: Path) -> bool:
+    return path.exists() and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_evaluate_files_writes_report(tmp_path, two_critics):
+    out = tmp_path / "report"
+    results = evaluate_files(list(two_critics), out, published={"CodeT": 36.7})
+    assert list(results) == ["good", "bad"]
+    assert json.loads((out / "metrics.json").read_text()) == json.loads(json.dumps(results))
+    for name in ("best_of_n.png", "reliability.png", "process_reward.png"):
+        assert is_png(out / name), name
+    report = (out / "report.md").read_text()
+    assert "3 problems, 12 rollouts" in report
+    table = [line for line in report.splitlines() if line.startswith(("| good |", "| bad |"))]
+    assert len(table) == 2
+    assert "| CodeT (published) | 36.7 |" in report
+    assert "## Process reward: good" in report and "## Process reward: bad" in report
+    assert "![process reward](process_reward.png)" in report
+    assert "| first sample |" in report
+    # rollouts pass, fail, fail, pass. "good" tops: A 0.9 pass, B 0.8 fail, C 0.9 pass; "bad": only B's top passes
+    assert results["good"]["reranked_pass@1"]["mean"] == pytest.approx(100 * 2 / 3)
+    assert results["bad"]["reranked_pass@1"]["mean"] == pytest.approx(100 * 1 / 3)
+
+
+def test_write_report_without_token_values(tmp_path):
+    out = write_report({"x": evaluate_problems(hand_problems(difficulty=True))}, tmp_path / "r")
+    assert is_png(out / "best_of_n.png") and is_png(out / "reliability.png")
+    assert not (out / "process_reward.png").exists()
+    report = (out / "report.md").read_text()
+    assert "process_reward.png" not in report and "## By difficulty: x" in report
+
+
+def test_evaluate_files_names_must_match(tmp_path, two_critics):
+    with pytest.raises(DataError, match="1 names for 2 score files"):
+        evaluate_files(list(two_critics), tmp_path / "r", names=["only"])
+
+
+def test_evaluate_files_same_stem_keeps_both(tmp_path):
+    paths = []
+    for sub, values in (("cv1", TWO), ("cv2", TWO_OTHER)):
+        (tmp_path / sub).mkdir()
+        paths.append(write_lines(tmp_path / sub / "scores.jsonl", score_records(values)))
+    try:
+        results = evaluate_files(paths, tmp_path / "r")
+    except DataError:
+        return  # refusing ambiguous names is fine too
+    assert len(results) == 2
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+def test_evaluate_files_empty_scores(tmp_path):
+    path = tmp_path / "empty.jsonl"
+    path.write_text("")
+    with pytest.raises(DataError):
+        evaluate_files([path], tmp_path / "r")
+
+
+def test_cli_evaluate(tmp_path, two_critics, capsys):
+    out = tmp_path / "cli"
+    assert main(["evaluate", *map(str, two_critics), "-o", str(out), "--names", "critic one", "critic two"]) == 0
+    stdout = capsys.readouterr().out
+    assert f"report: {out / 'report.md'}" in stdout
+    assert list(json.loads((out / "metrics.json").read_text())) == ["critic one", "critic two"]
+    report = (out / "report.md").read_text()
+    assert "| critic one |" in report and "| critic two |" in report
+    assert is_png(out / "process_reward.png")
+
+
+def test_cli_evaluate_bad_input_exit_code(tmp_path, capsys):
+    path = write_lines(tmp_path / "s.jsonl", [{"problem_id": "A", "passed": True}])
+    assert main(["evaluate", str(path), "-o", str(tmp_path / "r")]) == 2
+    assert "field 'value'" in capsys.readouterr().err
