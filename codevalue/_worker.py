@@ -9,6 +9,7 @@ and writes one JSON result line per job on stdout. It holds no expected outputs:
 from __future__ import annotations
 
 import ctypes
+import gc
 import json
 import math
 import os
@@ -311,6 +312,10 @@ def _clean(workdir: str, iso: dict) -> None:
     """Nothing a program wrote survives into the next one. Our own tmpfs mounts are simply replaced by
     fresh ones (no walking of a tree a program may have made a million entries or levels deep)."""
     if iso["private_tmp"]:
+        try:  # the usual case: only the work directory (two small files) to delete, no remount needed
+            shutil.rmtree(workdir)
+        except (OSError, RecursionError):  # e.g. a tree deeper than Python's recursion limit
+            pass
         for d in WRITABLE_DIRS:
             if os.path.isdir(d) and set(os.listdir(d)) - MOUNTS.kept_names(d):
                 _check(_libc.umount2(d.encode(), MNT_DETACH), f"unmount {d}")
@@ -372,6 +377,8 @@ def main() -> None:
     )
 
     exec(_child.APPS_PREAMBLE, {})  # import numpy & co. once, so every fork starts warm
+    gc.collect()
+    gc.freeze()  # keep the garbage collector from touching (and so copying) the warm heap in every child
     iso = setup_isolation(slot, uid_base, hidden)
     out.write(json.dumps({"ready": True, "isolation": iso}).encode() + b"\n")
     out.flush()
