@@ -22,27 +22,36 @@ from .problems import load_problems
 from .targets import _prompt_of, evaluated_completion
 
 
+def prompts_and_completions(numbered: list[tuple[int, dict]], source: object,
+                            problems: str | None) -> tuple[list[str], list[str]]:
+    """What the value model reads for each (line, record): the record's `prompt` (else its problem's, from
+    `problems`) and the completion that was run. Errors name the file, line and field."""
+    prompts_by_id = {p.problem_id: _prompt_of(p) for p in load_problems(problems)} if problems else {}
+    prompts, completions = [], []
+    for line, rec in numbered:
+        if "completion" not in rec and "completion_scored" not in rec:
+            raise DataError(source, "missing field", line=line, field="completion")
+        prompt = rec.get("prompt")
+        if prompt is None:
+            pid = str(rec.get("problem_id"))
+            if pid not in prompts_by_id:
+                raise DataError(source, f"no prompt for problem {pid!r}: pass --problems", line=line,
+                                field="problem_id")
+            prompt = prompts_by_id[pid]
+        prompts.append(prompt)
+        completions.append(rec["completion_scored"] if "completion_scored" in rec else evaluated_completion(rec))
+    return prompts, completions
+
+
 def score_file(model: str | os.PathLike | ValueModel, rollouts: str | os.PathLike, out: str | os.PathLike,
                problems: str | None = None, per_token: bool = False, batch_size: int = 16,
                progress: bool = True) -> dict[str, Any]:
     from tqdm import tqdm
 
     vm = model if isinstance(model, ValueModel) else ValueModel.from_pretrained(model)
-    prompts_by_id = {p.problem_id: _prompt_of(p) for p in load_problems(problems)} if problems else {}
-    records, prompts, completions = [], [], []
-    for line, rec in read_jsonl(rollouts):
-        if "completion" not in rec and "completion_scored" not in rec:
-            raise DataError(rollouts, "missing field", line=line, field="completion")
-        prompt = rec.get("prompt")
-        if prompt is None:
-            pid = str(rec.get("problem_id"))
-            if pid not in prompts_by_id:
-                raise DataError(rollouts, f"no prompt for problem {pid!r}: pass --problems", line=line,
-                                field="problem_id")
-            prompt = prompts_by_id[pid]
-        records.append(rec)
-        prompts.append(prompt)
-        completions.append(rec["completion_scored"] if "completion_scored" in rec else evaluated_completion(rec))
+    numbered = list(read_jsonl(rollouts))
+    records = [rec for _, rec in numbered]
+    prompts, completions = prompts_and_completions(numbered, rollouts, problems)
     chunk = max(batch_size * 16, 256)
     for start in tqdm(range(0, len(records), chunk), disable=not progress, desc="score", unit="chunk"):
         end = start + chunk

@@ -57,27 +57,6 @@ class RerankResult:
     summary: dict[str, Any]
 
 
-def _prompts_and_completions(records: list[dict], source: object, problems: str | None) -> tuple[list, list]:
-    from .problems import load_problems
-    from .targets import _prompt_of, evaluated_completion
-
-    prompts_by_id = {p.problem_id: _prompt_of(p) for p in load_problems(problems)} if problems else {}
-    prompts, completions = [], []
-    for line, rec in enumerate(records, start=1):
-        if "completion" not in rec and "completion_scored" not in rec:
-            raise DataError(source, "missing field", line=line, field="completion")
-        prompt = rec.get("prompt")
-        if prompt is None:
-            pid = str(rec.get("problem_id"))
-            if pid not in prompts_by_id:
-                raise DataError(source, f"no prompt for problem {pid!r}: pass --problems", line=line,
-                                field="problem_id")
-            prompt = prompts_by_id[pid]
-        prompts.append(prompt)
-        completions.append(rec["completion_scored"] if "completion_scored" in rec else evaluated_completion(rec))
-    return prompts, completions
-
-
 def rerank(rollouts: str | os.PathLike | list[dict], model: str | os.PathLike | Any | None = None,
            problems: str | None = None, out: str | os.PathLike | None = None, batch_size: int = 16) -> RerankResult:
     """Pick the highest-valued rollout of each problem.
@@ -95,9 +74,10 @@ def rerank(rollouts: str | os.PathLike | list[dict], model: str | os.PathLike | 
             raise DataError(source, "missing field", line=line, field="problem_id")
     if model is not None:
         from .model import ValueModel
+        from .score import prompts_and_completions
 
         vm = model if hasattr(model, "score") else ValueModel.from_pretrained(model)
-        prompts, completions = _prompts_and_completions(records, source, problems)
+        prompts, completions = prompts_and_completions(list(enumerate(records, start=1)), source, problems)
         unique = sorted(set(zip(prompts, completions, strict=True)))
         scores = dict(zip(unique, vm.score([u[0] for u in unique], [u[1] for u in unique], batch_size),
                           strict=True))
