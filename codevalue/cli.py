@@ -209,6 +209,17 @@ def _print_results(results: dict, published: dict | None = None) -> None:
         print(f"{name + ' (published)':<40}{value:>9.1f}")
 
 
+def cmd_codet(args: argparse.Namespace) -> int:
+    from .codet import BUNDLED_TESTS, codet_scores
+
+    summary = codet_scores(args.labeled, args.problems, args.out, tests=args.tests or BUNDLED_TESTS,
+                           limit=args.max_tests, sandbox=_sandbox_config(args))
+    print(f"CodeT scores for {summary['rollouts']} rollouts ({summary['programs_run']} programs run, median "
+          f"{summary['tests_per_problem']} generated tests per problem, {summary['problems_without_tests']} "
+          f"problems without any) -> {summary['out']}; rank them with `codevalue evaluate`")
+    return 0
+
+
 def cmd_score(args: argparse.Namespace) -> int:
     from .score import score_file
 
@@ -274,6 +285,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--out", required=True, help="report directory")
     p.add_argument("--names", nargs="+", help="critic names (default: file names)")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("codet", help="CodeT baseline: rerank by dual agreement with generated tests")
+    p.add_argument("labeled", help="`codevalue label` output (its `passed` is only carried along)")
+    p.add_argument("--problems", required=True, help="the problems (HumanEval/MBPP layout)")
+    p.add_argument("--tests", help="generated tests JSONL (task_id, text); default: the bundled CodeGen-16B ones")
+    p.add_argument("--max-tests", type=int, default=100, help="generated tests kept per problem")
+    p.add_argument("-o", "--out", required=True, help="scores JSONL for `codevalue evaluate`")
+    _add_sandbox_options(p)
+    p.set_defaults(func=cmd_codet)
 
     p = sub.add_parser("score", help="values of rollouts under a trained model")
     p.add_argument("model", help="codevalue model directory")
