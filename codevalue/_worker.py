@@ -309,13 +309,15 @@ def _children() -> list[int]:
 
 
 def _clean(workdir: str, iso: dict) -> None:
-    """Nothing a program wrote survives into the next one. Our own tmpfs mounts are simply replaced by
-    fresh ones (no walking of a tree a program may have made a million entries or levels deep)."""
+    """Nothing a program wrote survives into the next one. The usual work directory (a few small files)
+    is deleted directly; anything else makes the tmpfs mount dirty, and it is replaced by a fresh one
+    (no walking of a tree a program may have made a million entries or levels deep)."""
     if iso["private_tmp"]:
-        try:  # the usual case: only the work directory (two small files) to delete, no remount needed
-            shutil.rmtree(workdir)
-        except (OSError, RecursionError):  # e.g. a tree deeper than Python's recursion limit
-            pass
+        entries = list(os.scandir(workdir))
+        if len(entries) <= 16 and all(e.is_file(follow_symlinks=False) for e in entries):
+            for e in entries:
+                os.unlink(e.path)
+            os.rmdir(workdir)
         for d in WRITABLE_DIRS:
             if os.path.isdir(d) and set(os.listdir(d)) - MOUNTS.kept_names(d):
                 _check(_libc.umount2(d.encode(), MNT_DETACH), f"unmount {d}")
