@@ -72,6 +72,8 @@ def cmd_sandbox(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """The whole pipeline on the bundled CodeGen-16B HumanEval samples, each finished stage reused."""
+    from .checks import run_checks
+    from .codet import codet_scores
     from .crossval import crossval
     from .evaluate import evaluate_files
     from .labels import LabelConfig, label_rollouts
@@ -79,23 +81,34 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from .targets import build_targets
 
     out = Path(args.out)
-    rollouts, labeled, targets = out / "rollouts.jsonl", out / "labeled.jsonl", out / "targets.jsonl"
-    print("[1/4] label: run the 16,400 samples (truncated at the Codex stop list) against the tests")
+    rollouts, labeled, checked = out / "rollouts.jsonl", out / "labeled.jsonl", out / "checked.jsonl"
+    targets = out / ("targets-checked.jsonl" if args.read_checks else "targets.jsonl")
+    print("[1/5] label: run the 16,400 samples (truncated at the Codex stop list) against the hidden tests")
     if not rollouts.exists():
         bundled_codegen_rollouts(rollouts)
     config = LabelConfig(stop=CODEX_STOP, sandbox=_sandbox_config(args))
     _print_summary(label_rollouts("humaneval", rollouts, labeled, config, progress=not args.quiet))
-    print("[2/4] targets: per-prefix Monte-Carlo values")
+    print("[2/5] checks: run them on the generator's own tests (what is known at selection time)")
+    summary = run_checks(labeled, "humaneval", checked, sandbox=_sandbox_config(args), progress=not args.quiet)
+    print(f"{summary['programs_run']} programs run ({summary['resumed']} rollouts already checked), median "
+          f"{summary['tests_per_problem']} generated tests per problem, {summary['wall_seconds']} s")
+    baselines = {}
+    for method, name in (("codet", "CodeT (ours)"), ("srank", "SRank-style overlap (ours)")):
+        baselines[name] = out / f"{method}.jsonl"
+        codet_scores(checked, baselines[name], method=method)
+    print("[3/5] targets: per-prefix Monte-Carlo values")
     if not targets.exists():
-        build_targets(labeled, "humaneval", targets)
-    print(f"[3/4] crossval: {args.folds} folds by problem, tiny-{args.tiny or args.tiny_default} value models")
+        build_targets(checked if args.read_checks else labeled, "humaneval", targets)
+    reads = " reading the check results" if args.read_checks else ""
+    print(f"[4/5] crossval: {args.folds} folds by problem, tiny-{args.tiny or args.tiny_default} value models{reads}")
     scores = crossval(targets, out / "crossval", _training_args(args, out / "crossval"), folds=args.folds,
                       base=args.base, tiny=args.tiny, per_problem=args.per_problem,
                       batch_size=args.score_batch_size)
-    print("[4/4] evaluate")
-    results = evaluate_files([scores], out / "report", names=[f"value model ({args.tiny or args.base})"],
+    print("[5/5] evaluate")
+    name = f"value model ({args.tiny or args.base}{' + checks' if args.read_checks else ''})"
+    results = evaluate_files([scores, *baselines.values()], out / "report", names=[name, *baselines],
                              published=CODET_PUBLISHED)
-    print("\nHumanEval, CodeGen-16B samples (100 per problem); our numbers are cross-validated by problem")
+    print("\nHumanEval, CodeGen-16B samples (100 per problem); the value model is cross-validated by problem")
     _print_results(results, CODET_PUBLISHED)
     print(f"\nreport with plots: {out / 'report' / 'report.md'}")
     return 0
@@ -130,6 +143,9 @@ def _add_train_options(p: argparse.ArgumentParser, epochs: float = 2, tiny_defau
                    help="batch rollouts of one problem together, G per group (the batch size counts groups)")
     p.add_argument("--rank-weight", type=float, default=0.0,
                    help="weight of the within-problem listwise loss on final values (needs --group-size)")
+    p.add_argument("--read-checks", action=argparse.BooleanOptionalAction, default=False,
+                   help="execution-aware: the model also reads each program's generated-test results "
+                        "(targets built from `codevalue checks` output)")
     p.add_argument("--eval-fraction", type=float, default=0.1, help="share of training problems held out")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--bf16", action="store_true")
@@ -150,7 +166,7 @@ def _training_args(args: argparse.Namespace, output_dir: Path, save_checkpoints:
         bf16=args.bf16, gradient_checkpointing=args.gradient_checkpointing,
         train_last_layers=-1 if args.full else args.train_last_layers, lora_r=args.lora_r,
         max_length=args.max_length, aux_weight=args.aux_weight, eval_fraction=args.eval_fraction,
-        group_size=args.group_size, rank_weight=args.rank_weight,
+        group_size=args.group_size, rank_weight=args.rank_weight, read_checks=args.read_checks,
         disable_tqdm=args.quiet)
 
 
@@ -209,14 +225,35 @@ def _print_results(results: dict, published: dict | None = None) -> None:
         print(f"{name + ' (published)':<40}{value:>9.1f}")
 
 
-def cmd_codet(args: argparse.Namespace) -> int:
-    from .codet import BUNDLED_TESTS, codet_scores
+def cmd_checks(args: argparse.Namespace) -> int:
+    from .checks import BUNDLED_TESTS, run_checks
 
-    summary = codet_scores(args.labeled, args.problems, args.out, tests=args.tests or BUNDLED_TESTS,
-                           limit=args.max_tests, sandbox=_sandbox_config(args))
-    print(f"CodeT scores for {summary['rollouts']} rollouts ({summary['programs_run']} programs run, median "
+    summary = run_checks(args.labeled, args.problems, args.out, tests=args.tests or BUNDLED_TESTS,
+                         limit=args.max_tests, sandbox=_sandbox_config(args), progress=not args.quiet)
+    print(f"checked {summary['rollouts']} rollouts ({summary['programs_run']} programs run, median "
           f"{summary['tests_per_problem']} generated tests per problem, {summary['problems_without_tests']} "
-          f"problems without any) -> {summary['out']}; rank them with `codevalue evaluate`")
+          f"problems without any, {summary['wall_seconds']} s) -> {summary['out']}")
+    return 0
+
+
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    from .pretrain import pretrain_tiny_lm
+
+    r = pretrain_tiny_lm(args.out, size=args.tiny, corpus=args.corpus, max_steps=args.max_steps,
+                         batch_size=args.batch_size, block_size=args.block_size, lr=args.lr,
+                         max_chars=args.max_chars, seed=args.seed, quiet=args.quiet)
+    print(f"tiny-{r['size']} causal LM on {r['files']} files of {r['corpus']} ({r['corpus_tokens']:,} tokens): "
+          f"{r['trained_tokens']:,} tokens in {r['seconds']} s, loss {r['first_loss']} -> {r['final_loss']}; "
+          f"use it with --base {r['out']}")
+    return 0
+
+
+def cmd_codet(args: argparse.Namespace) -> int:
+    from .codet import codet_scores
+
+    summary = codet_scores(args.checked, args.out, method=args.method)
+    print(f"{summary['method']} scores for {summary['rollouts']} rollouts -> {summary['out']}; "
+          "rank them with `codevalue evaluate`")
     return 0
 
 
@@ -286,13 +323,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--names", nargs="+", help="critic names (default: file names)")
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("codet", help="CodeT baseline: rerank by dual agreement with generated tests")
+    p = sub.add_parser("checks", help="run rollouts on the generator's own tests (selection-time checks)")
     p.add_argument("labeled", help="`codevalue label` output (its `passed` is only carried along)")
     p.add_argument("--problems", required=True, help="the problems (HumanEval/MBPP layout)")
     p.add_argument("--tests", help="generated tests JSONL (task_id, text); default: the bundled CodeGen-16B ones")
     p.add_argument("--max-tests", type=int, default=100, help="generated tests kept per problem")
-    p.add_argument("-o", "--out", required=True, help="scores JSONL for `codevalue evaluate`")
+    p.add_argument("-o", "--out", required=True, help="checked JSONL to write (resumed if it exists)")
+    p.add_argument("--quiet", action="store_true")
     _add_sandbox_options(p)
+    p.set_defaults(func=cmd_checks)
+
+    p = sub.add_parser("pretrain", help="language-model warm start of a tiny backbone on local Python code")
+    p.add_argument("--tiny", choices=["1m", "4m", "16m"], default="1m")
+    p.add_argument("-o", "--out", required=True, help="checkpoint directory (then: --base OUT)")
+    p.add_argument("--corpus", default="stdlib",
+                   help="stdlib (default), site-packages, or a directory of .py files; never the benchmark data")
+    p.add_argument("--max-steps", type=int, default=1500)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--block-size", type=int, default=512, help="tokens per training sequence")
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--max-chars", type=int, default=12_000_000, help="characters of the corpus to read")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_pretrain)
+
+    p = sub.add_parser("codet", help="non-learned rerankers (CodeT dual agreement, ...) over check results")
+    p.add_argument("checked", help="`codevalue checks` output")
+    p.add_argument("--method", default="codet", choices=["codet", "srank", "agreement", "overlap", "passed"])
+    p.add_argument("-o", "--out", required=True, help="scores JSONL for `codevalue evaluate`")
     p.set_defaults(func=cmd_codet)
 
     p = sub.add_parser("score", help="values of rollouts under a trained model")
@@ -332,8 +390,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     _add_sandbox_options(p)
     _add_train_options(p, epochs=2, tiny_default="1m")
-    # The best cross-validated recipe so far (benchmarks/RESULTS.md): group-wise batches + listwise loss.
-    p.set_defaults(full=True, max_length=1024, lr=1e-3, group_size=8, batch_size=2, rank_weight=3.0)
+    # The best cross-validated recipe so far (benchmarks/RESULTS.md): group-wise batches + listwise loss,
+    # reading the generated-test results after the program.
+    p.set_defaults(full=True, max_length=1024, lr=1e-3, group_size=8, batch_size=2, rank_weight=3.0,
+                   read_checks=True)
     p.set_defaults(func=cmd_demo)
     return parser
 

@@ -19,7 +19,7 @@ from typing import Any
 
 from .errors import CodevalueError
 from .jsonl import read_jsonl, write_jsonl
-from .model import ValueModel
+from .model import ValueModel, input_suffix
 from .train import ValueTrainingArguments, load_examples, train_value_model
 
 KEPT_FIELDS = ("problem_id", "rollout_id", "passed", "verdict", "sample_index", "difficulty", "mean_logprob")
@@ -56,13 +56,15 @@ def subsample(records: list[dict], per_problem: int | None, seed: int = 0) -> li
 
 
 def score_records(vm: ValueModel, records: list[dict], batch_size: int = 32) -> list[dict]:
-    """Per-token scores for records with prompt + completion_scored, each distinct pair scored once."""
-    keys = {(r["prompt"], r["completion_scored"]) for r in records}
-    unique = sorted(keys)
-    scores = dict(zip(unique, vm.score([k[0] for k in unique], [k[1] for k in unique], batch_size), strict=True))
+    """Per-token scores for records with prompt + completion_scored, each distinct input scored once."""
+    keys = [(r["prompt"], r["completion_scored"], input_suffix(vm.spec, r, line=i))
+            for i, r in enumerate(records, start=1)]
+    unique = sorted(set(keys))
+    scores = dict(zip(unique, vm.score([k[0] for k in unique], [k[1] for k in unique], batch_size,
+                                       suffixes=[k[2] for k in unique]), strict=True))
     out = []
-    for r in records:
-        s = scores[(r["prompt"], r["completion_scored"])]
+    for r, key in zip(records, keys, strict=True):
+        s = scores[key]
         row = {k: r[k] for k in KEPT_FIELDS if k in r}
         row.update(value=round(s.final, 6), token_values=[round(v, 5) for v in s.values])
         out.append(row)

@@ -49,6 +49,9 @@ class InputSpec:
     truncation_side: str = "left"  # drop the oldest tokens: the completion's end (the ORM token) is kept
     append_eos: bool = True  # a finished completion ends with EOS; its value is the outcome reward
     aux_classes: list[str] = field(default_factory=list)  # [] or FAILURE_CLASSES
+    # Execution-aware: after a finished completion (before EOS) the model reads its selection-time check
+    # results (`codevalue checks`), rendered by `checks.describe_checks`; prefixes are read without them.
+    read_checks: bool = False
 
 
 @dataclass
@@ -158,12 +161,18 @@ def freeze_all_but_last(model, k: int) -> None:
             p.requires_grad = True
 
 
-def encode(tokenizer, prompt: str, completion: str, spec: InputSpec, finished: bool = True) -> Encoded:
-    """Token ids of prompt + completion (+ EOS when finished), prompt and completion tokenized apart so
-    completion token spans are exact; left-truncated to spec.max_length."""
+def encode(tokenizer, prompt: str, completion: str, spec: InputSpec, finished: bool = True,
+           suffix: str = "") -> Encoded:
+    """Token ids of prompt + completion (+ suffix + EOS when finished), prompt and completion tokenized
+    apart so completion token spans are exact; left-truncated to spec.max_length. Suffix tokens (check
+    results) get the empty span at the completion's end, like EOS."""
     prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"] if prompt else []
     enc = tokenizer(completion, add_special_tokens=False, return_offsets_mapping=True)
     ids, spans = list(enc["input_ids"]), [tuple(o) for o in enc["offset_mapping"]]
+    if finished and suffix:
+        suffix_ids = tokenizer(suffix, add_special_tokens=False)["input_ids"]
+        ids += suffix_ids
+        spans += [(len(completion), len(completion))] * len(suffix_ids)
     if finished and spec.append_eos:
         ids.append(tokenizer.eos_token_id)
         spans.append((len(completion), len(completion)))
@@ -209,12 +218,18 @@ class ValueModel:
 
     @torch.no_grad()
     def score(self, prompts: list[str], completions: list[str], batch_size: int = 16,
-              finished: bool = True) -> list[Score]:
+              finished: bool = True, suffixes: list[str] | None = None) -> list[Score]:
         """Values at every completion token, one forward pass per batch (right padding; a causal model's
-        values at real tokens never see the padding). `finished=False` scores prefixes (no EOS)."""
+        values at real tokens never see the padding). `finished=False` scores prefixes (no EOS).
+        `suffixes`: the check results of finished completions, for a model with spec.read_checks."""
         if len(prompts) != len(completions):
             raise ValueError(f"{len(prompts)} prompts but {len(completions)} completions")
-        encoded = [encode(self.tokenizer, p, c, self.spec, finished) for p, c in zip(prompts, completions, strict=True)]
+        if finished and self.spec.read_checks and suffixes is None:
+            raise CodevalueError("this value model reads selection-time check results after a finished program: "
+                                 "score `codevalue checks` output (field check_features), or score prefixes")
+        suffixes = suffixes if finished and suffixes is not None else [""] * len(prompts)
+        encoded = [encode(self.tokenizer, p, c, self.spec, finished, x)
+                   for p, c, x in zip(prompts, completions, suffixes, strict=True)]
         order = sorted(range(len(encoded)), key=lambda i: len(encoded[i].input_ids))  # less padding
         scores: list[Score | None] = [None] * len(encoded)
         pad = self.tokenizer.pad_token_id
@@ -238,6 +253,21 @@ class ValueModel:
         return scores  # type: ignore[return-value]
 
 
-__all__ = ["ValueModel", "InputSpec", "Score", "Encoded", "encode", "build_tiny_model", "load_backbone",
+def input_suffix(spec: InputSpec, rec: dict, source: object = "<records>", line: int | None = None) -> str:
+    """What a model with this spec reads after the finished completion of `rec` ("" for most models)."""
+    if not spec.read_checks:
+        return ""
+    from .checks import describe_checks
+    from .errors import DataError
+
+    features = rec.get("check_features")
+    if not isinstance(features, dict) or not {"pass_frac", "codet", "agree_frac"} <= set(features):
+        raise DataError(source, "missing field: this model reads check results; run `codevalue checks` on the "
+                                "labelled rollouts (and `codevalue targets` on its output)", line=line,
+                        field="check_features")
+    return describe_checks(features)
+
+
+__all__ = ["ValueModel", "input_suffix", "InputSpec", "Score", "Encoded", "encode", "build_tiny_model", "load_backbone",
            "load_tokenizer", "train_code_tokenizer", "freeze_all_but_last", "decoder_layers", "TINY_SIZES",
            "FAILURE_CLASSES"]

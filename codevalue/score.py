@@ -17,7 +17,7 @@ from typing import Any
 
 from .errors import DataError
 from .jsonl import read_jsonl, write_jsonl
-from .model import ValueModel
+from .model import ValueModel, input_suffix
 from .problems import load_problems
 from .targets import _prompt_of, evaluated_completion
 
@@ -52,10 +52,12 @@ def score_file(model: str | os.PathLike | ValueModel, rollouts: str | os.PathLik
     numbered = list(read_jsonl(rollouts))
     records = [rec for _, rec in numbered]
     prompts, completions = prompts_and_completions(numbered, rollouts, problems)
+    suffixes = [input_suffix(vm.spec, rec, rollouts, line) for line, rec in numbered]
     chunk = max(batch_size * 16, 256)
     for start in tqdm(range(0, len(records), chunk), disable=not progress, desc="score", unit="chunk"):
         end = start + chunk
-        for rec, s in zip(records[start:end], vm.score(prompts[start:end], completions[start:end], batch_size),
+        for rec, s in zip(records[start:end], vm.score(prompts[start:end], completions[start:end], batch_size,
+                                                                  suffixes=suffixes[start:end]),
                           strict=True):
             rec["value"] = round(s.final, 6)
             if per_token:

@@ -73,15 +73,17 @@ def rerank(rollouts: str | os.PathLike | list[dict], model: str | os.PathLike | 
         if "problem_id" not in rec:
             raise DataError(source, "missing field", line=line, field="problem_id")
     if model is not None:
-        from .model import ValueModel
+        from .model import ValueModel, input_suffix
         from .score import prompts_and_completions
 
         vm = model if hasattr(model, "score") else ValueModel.from_pretrained(model)
         prompts, completions = prompts_and_completions(list(enumerate(records, start=1)), source, problems)
-        unique = sorted(set(zip(prompts, completions, strict=True)))
-        scores = dict(zip(unique, vm.score([u[0] for u in unique], [u[1] for u in unique], batch_size),
-                          strict=True))
-        for rec, key in zip(records, zip(prompts, completions, strict=True), strict=True):
+        suffixes = [input_suffix(vm.spec, rec, source, line) for line, rec in enumerate(records, start=1)]
+        keys = list(zip(prompts, completions, suffixes, strict=True))
+        unique = sorted(set(keys))
+        scores = dict(zip(unique, vm.score([u[0] for u in unique], [u[1] for u in unique], batch_size,
+                                           suffixes=[u[2] for u in unique]), strict=True))
+        for rec, key in zip(records, keys, strict=True):
             rec["value"] = round(scores[key].final, 6)
     else:
         for line, rec in enumerate(records, start=1):

@@ -267,6 +267,10 @@ def create_app(value_model: ValueModel, *, max_items: int = DEFAULT_MAX_ITEMS, m
 
     ScoreRequest, RewardRequest = _models()
     vm = value_model
+    if vm.spec.read_checks:
+        raise CodevalueError("this value model reads selection-time check results (`codevalue checks`), which "
+                             "the server does not compute; serve a model trained without --read-checks, or "
+                             "score checked rollouts with `codevalue score`")
     tok = vm.tokenizer
     name = model_name or str(vm.meta.get("backbone") or type(vm.model).__name__)
     strip = [s for s in {tok.eos_token, tok.pad_token} if s]

@@ -32,6 +32,7 @@ from .model import (
     build_tiny_model,
     encode,
     freeze_all_but_last,
+    input_suffix,
     load_backbone,
     load_tokenizer,
 )
@@ -53,6 +54,9 @@ class ValueTrainingArguments(TrainingArguments):
         "help": "weight of the auxiliary verdict-class loss at the last token (0: no auxiliary head)"})
     eval_fraction: float = field(default=0.1, metadata={"help": "share of problems held out for eval loss"})
     append_eos: bool = field(default=True, metadata={"help": "end finished completions with EOS"})
+    read_checks: bool = field(default=False, metadata={
+        "help": "execution-aware: the model also reads each program's selection-time check results "
+                "(`codevalue checks` output, field check_features) after the program"})
     group_size: int = field(default=0, metadata={
         "help": "> 0: each batch item is a group of up to G rollouts of ONE problem (the batch size counts "
                 "groups), so the ranking loss can compare rollouts of the same problem"})
@@ -98,7 +102,7 @@ def split_by_problem(records: list[dict], eval_fraction: float, seed: int) -> tu
 
 def tokenize_example(tokenizer, rec: dict, spec: InputSpec) -> dict[str, Any]:
     """input_ids plus a value label per position: -100 on prompt tokens, else the prefix target."""
-    e = encode(tokenizer, rec["prompt"], rec["completion_scored"], spec)
+    e = encode(tokenizer, rec["prompt"], rec["completion_scored"], spec, suffix=input_suffix(spec, rec))
     targets = ValueTargets(**rec["value_targets"])
     labels = [-100.0] * e.completion_start + [targets.at(end) for _, end in e.char_spans]
     labels[-1] = float(targets.values[-1])  # the last token (EOS when appended) carries the outcome
@@ -212,7 +216,10 @@ def train_value_model(examples: str | os.PathLike | list[dict], output_dir: str 
     records = examples if isinstance(examples, list) else load_examples(examples)
     train_recs, eval_recs = split_by_problem(records, args.eval_fraction, args.seed)
     spec = InputSpec(max_length=args.max_length, append_eos=args.append_eos,
-                     aux_classes=list(FAILURE_CLASSES) if args.aux_weight > 0 else [])
+                     aux_classes=list(FAILURE_CLASSES) if args.aux_weight > 0 else [], read_checks=args.read_checks)
+    source = "<records>" if isinstance(examples, list) else examples
+    for i, rec in enumerate(records, start=1):  # fail before training, naming the record
+        input_suffix(spec, rec, source, line=i)
     model, tokenizer = prepare_model(args, base, tiny, num_labels=1 + len(spec.aux_classes))
     train_ds = [tokenize_example(tokenizer, r, spec) for r in train_recs]
     eval_ds = [tokenize_example(tokenizer, r, spec) for r in eval_recs] or None

@@ -1,42 +1,37 @@
-"""CodeT baseline: test extraction, dual-agreement scores, and an end-to-end run in the sandbox."""
+"""Non-learned rerankers over check results: each method reads its feature; bad input is named."""
 
 import json
 
-from codevalue.codet import codet_scores, dual_agreement, parse_generated_tests
-from codevalue.problems import Problem
-from codevalue.sandbox import SandboxConfig
+import pytest
+
+from codevalue.codet import codet_scores
+from codevalue.errors import DataError
 
 
-def test_parse_generated_tests_follows_codet_recipe():
-    texts = ["\n    f(1) == 2\nassert f(2) == 3\nassert ____ == f(0)", "f(3) == 4, 'msg'\nimport timeit",
-             "f(2) == 3", "g(1) == 1", "f(("]
-    # the first text's first line is 'assert ' alone; placeholders, other functions and bad syntax dropped;
-    # duplicates kept once, in order of first appearance
-    assert parse_generated_tests(texts, "f") == ["assert f(2) == 3", "assert f(3) == 4, 'msg'"]
-    assert parse_generated_tests(texts, "f", limit=1) == ["assert f(2) == 3"]
+def _checked(tmp_path):
+    path = tmp_path / "checked.jsonl"
+    common = dict(error_frac=0, timeout_frac=0, codet_top=0.0, srank_top=0.0)
+    feats = [dict(common, pass_frac=0.5, codet=1.0, agree_frac=0.2, overlap=0.3, srank=0.7),
+             dict(common, pass_frac=0.9, codet=0.4, agree_frac=0.6, overlap=0.1, srank=1.0)]
+    path.write_text("\n".join(json.dumps({"problem_id": "P", "rollout_id": f"P/{i}", "passed": i == 0,
+                                          "completion": "x", "check_features": f}) for i, f in enumerate(feats)))
+    return path
 
 
-def test_dual_agreement_scores_sets_by_size_times_tests():
-    # sets: '110' x2 -> 2*2=4 (best), '100' x1 -> 1, '000' x1 -> 0; normalised by the best
-    assert dual_agreement(["110", "100", "110", "000"]) == [1.0, 0.25, 1.0, 0.0]
-    assert dual_agreement(["00", "00"]) == [0.0, 0.0]  # no test passed anywhere: no preference
-
-
-def test_codet_end_to_end_prefers_the_consensus(tmp_path):
-    problem = Problem("T/0", "humaneval", "check", prompt="def inc(x):\n", check_code="check(inc)",
-                      entry_point="inc", completion_continues_prompt=True)
-    tests = tmp_path / "tests.jsonl"
-    tests.write_text("\n".join(json.dumps({"task_id": "T/0", "text": t}) for t in
-                               ["inc(1) == 2", "inc(5) == 6", "inc(0) == 0"]) + "\n")
-    rollouts = [("right-a", "    return x + 1\n", True), ("right-b", "    return 1 + x\n", True),
-                ("wrong", "    return x * 2\n", False), ("loop", "    while True:\n        pass\n", False)]
-    labeled = tmp_path / "labeled.jsonl"
-    labeled.write_text("\n".join(json.dumps({"problem_id": "T/0", "rollout_id": r, "completion": c, "passed": p,
-                                             "verdict": "pass" if p else "wrong_answer"})
-                                 for r, c, p in rollouts) + "\n")
+@pytest.mark.parametrize("method,values", [("codet", [1.0, 0.4]), ("srank", [0.7, 1.0]), ("agreement", [0.2, 0.6]),
+                                           ("overlap", [0.3, 0.1]), ("passed", [0.5, 0.9])])
+def test_codet_methods_write_their_feature_as_value(tmp_path, method, values):
     out = tmp_path / "scores.jsonl"
-    summary = codet_scores(labeled, [problem], out, tests=tests, sandbox=SandboxConfig(workers=2))
-    values = {json.loads(line)["rollout_id"]: json.loads(line)["value"] for line in out.read_text().splitlines()}
-    # x+1 and 1+x pass tests 1-2 (2 programs x 2 tests = 4); x*2 passes tests 1 and 3 (1 x 2); the loop none
-    assert values == {"right-a": 1.0, "right-b": 1.0, "wrong": 0.5, "loop": 0.0}
-    assert summary["programs_run"] == 4
+    summary = codet_scores(_checked(tmp_path), out, method=method)
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["value"] for r in rows] == values and summary["rollouts"] == 2
+    assert rows[0] == {"problem_id": "P", "rollout_id": "P/0", "passed": True, "value": values[0]}
+
+
+def test_codet_needs_check_results(tmp_path):
+    path = tmp_path / "labeled.jsonl"
+    path.write_text(json.dumps({"problem_id": "P", "rollout_id": "P/0", "passed": True}) + "\n")
+    with pytest.raises(DataError, match=r"labeled.jsonl, record 1, field 'check_features'.*codevalue checks"):
+        codet_scores(path, tmp_path / "o.jsonl")
+    with pytest.raises(ValueError, match="unknown method"):
+        codet_scores(_checked(tmp_path), tmp_path / "o.jsonl", method="bogus")

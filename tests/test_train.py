@@ -397,3 +397,48 @@ def test_make_groups_keeps_problems_apart_and_collator_flattens():
     n = len(groups[0]["group"]) + len(groups[1]["group"])
     assert batch["input_ids"].shape[0] == n
     assert batch["group_index"].tolist() == [0] * len(groups[0]["group"]) + [1] * len(groups[1]["group"])
+
+
+def checked_examples(n_problems: int = 16) -> list[dict]:
+    """Identical programs per problem; only the check results (read after the program) tell pass from fail."""
+    records = []
+    for i in range(n_problems):
+        completion = f"    return x + {i}\n"
+        for rid, passed in enumerate([True, False, True, False]):
+            targets = prefix_value_targets([completion], [passed])[0]
+            f = float(passed)
+            records.append({"problem_id": f"P{i}", "rollout_id": rid, "prompt": f"def f{i}(x):\n",
+                            "completion_scored": completion, "value_targets": targets.to_dict(),
+                            "label_class": 0 if passed else 1,
+                            "check_features": dict(pass_frac=f, error_frac=1 - f, timeout_frac=0.0, codet=f,
+                                                   codet_top=f, agree_frac=0.5, overlap=f, srank=f, srank_top=f,
+                                                   n_tests=10)})
+    return records
+
+
+def test_read_checks_model_reads_the_check_results(tmp_path, tok, base_dir):
+    records = checked_examples()
+    args = run_args(tmp_path, num_train_epochs=8, train_last_layers=-1, eval_fraction=0.0, read_checks=True,
+                    max_length=256)
+    torch.manual_seed(0)  # the new head is initialised from the global generator
+    meta = train_value_model(records, tmp_path / "model", args, base=str(base_dir))
+    vm = ValueModel.from_pretrained(tmp_path / "model")
+    assert vm.spec.read_checks and meta["train_examples"] == 64
+    with pytest.raises(CodevalueError, match="check results"):
+        vm.score(["def f(x):\n"], ["    return x\n"])  # a finished program without its checks
+    from codevalue.model import input_suffix
+
+    good, bad = records[0], records[1]  # the same program, different checks
+    scores = vm.score([good["prompt"]] * 2, [good["completion_scored"]] * 2,
+                      suffixes=[input_suffix(vm.spec, good), input_suffix(vm.spec, bad)])
+    assert scores[0].final - scores[1].final > 0.5, (scores[0].final, scores[1].final)
+    # the program's own tokens come before the checks, so the process reward of the prefix is the same
+    assert scores[0].values[:3] == pytest.approx(scores[1].values[:3], abs=1e-6)
+    assert vm.score(["def f(x):\n"], ["    ret"], finished=False)  # prefixes need no checks
+
+
+def test_read_checks_names_the_record_without_checks(tmp_path, base_dir):
+    records = checked_examples(2)
+    del records[3]["check_features"]
+    with pytest.raises(DataError, match=r"record 4, field 'check_features'"):
+        train_value_model(records, tmp_path / "m", run_args(tmp_path, read_checks=True), base=str(base_dir))
