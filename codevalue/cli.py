@@ -163,7 +163,7 @@ def _training_args(args: argparse.Namespace, output_dir: Path, save_checkpoints:
         gradient_accumulation_steps=args.grad_accum, learning_rate=args.lr, weight_decay=0.01,
         warmup_steps=0.05, lr_scheduler_type="cosine", logging_steps=10, seed=args.seed,
         save_strategy="epoch" if save_checkpoints else "no", eval_strategy="epoch",
-        bf16=args.bf16, gradient_checkpointing=args.gradient_checkpointing,
+        bf16=args.bf16, activation_checkpointing=args.gradient_checkpointing,
         train_last_layers=-1 if args.full else args.train_last_layers, lora_r=args.lora_r,
         max_length=args.max_length, aux_weight=args.aux_weight, eval_fraction=args.eval_fraction,
         group_size=args.group_size, rank_weight=args.rank_weight, read_checks=args.read_checks,

@@ -60,12 +60,14 @@ class Encoded:
     completion_start: int  # index in input_ids of the first kept completion token
     char_spans: list[tuple[int, int]]  # char span in the completion of each kept completion token
     dropped_completion_tokens: int  # completion tokens lost to left truncation
+    suffix: tuple[int, int] = (0, 0)  # [start, end) of the suffix (check results) among the kept completion tokens
 
 
 @dataclass
 class Score:
     final: float  # value at the last token: the outcome reward
-    values: list[float]  # value after each kept completion token: the process reward
+    values: list[float]  # value after each kept completion token (+ EOS): the process reward; check-result
+    # tokens of a read_checks model are left out
     offsets: list[tuple[int, int]]  # char span of each of those tokens in the completion
     dropped_tokens: int = 0
 
@@ -169,8 +171,10 @@ def encode(tokenizer, prompt: str, completion: str, spec: InputSpec, finished: b
     prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"] if prompt else []
     enc = tokenizer(completion, add_special_tokens=False, return_offsets_mapping=True)
     ids, spans = list(enc["input_ids"]), [tuple(o) for o in enc["offset_mapping"]]
+    suffix_range = (0, 0)
     if finished and suffix:
         suffix_ids = tokenizer(suffix, add_special_tokens=False)["input_ids"]
+        suffix_range = (len(ids), len(ids) + len(suffix_ids))
         ids += suffix_ids
         spans += [(len(completion), len(completion))] * len(suffix_ids)
     if finished and spec.append_eos:
@@ -180,7 +184,8 @@ def encode(tokenizer, prompt: str, completion: str, spec: InputSpec, finished: b
     cut = max(0, len(full) - spec.max_length)
     start = len(prompt_ids) - cut
     dropped = max(0, -start)
-    return Encoded(full[cut:], max(0, start), spans[dropped:], dropped)
+    suffix_range = (max(0, suffix_range[0] - dropped), max(0, suffix_range[1] - dropped))
+    return Encoded(full[cut:], max(0, start), spans[dropped:], dropped, suffix_range)
 
 
 class ValueModel:
@@ -249,7 +254,9 @@ class ValueModel:
                 n = len(e.input_ids)
                 v = values[row, e.completion_start:n].tolist()
                 final = float(values[row, n - 1])
-                scores[i] = Score(final, v, e.char_spans, e.dropped_completion_tokens)
+                a, b = e.suffix  # the process reward is read on the program's own tokens (+ EOS), not the checks
+                scores[i] = Score(final, v[:a] + v[b:], e.char_spans[:a] + e.char_spans[b:],
+                                  e.dropped_completion_tokens)
         return scores  # type: ignore[return-value]
 
 

@@ -271,3 +271,14 @@ def test_serve_parser(model_dir):
     args = parser.parse_args(["serve", str(model_dir), "--port", "0", "--max-items", "4", "--max-wait-ms", "1"])
     assert args.func is cmd_serve
     assert (args.host, args.port, args.max_items, args.max_tokens, args.max_wait_ms) == ("127.0.0.1", 0, 4, 4096, 1.0)
+
+
+def test_a_model_that_reads_check_results_is_refused(vm):
+    from dataclasses import replace
+
+    from codevalue.errors import CodevalueError
+    from codevalue.model import ValueModel
+
+    reads_checks = ValueModel(vm.model, vm.tokenizer, replace(vm.spec, read_checks=True), vm.meta)
+    with pytest.raises(CodevalueError, match="check results"):
+        create_app(reads_checks)
