@@ -384,12 +384,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="the whole pipeline on the bundled HumanEval samples (see README)")
     p.add_argument("--out", default="runs/demo", help="working directory (finished stages are reused)")
     p.add_argument("--folds", type=int, default=2, help="cross-validation folds (more: slower, more training data)")
-    p.add_argument("--per-problem", type=int, default=16,
+    p.add_argument("--per-problem", type=int, default=32,
                    help="rollouts per problem used for training (more: slower, maybe better)")
     p.add_argument("--score-batch-size", type=int, default=32)
     p.add_argument("--quiet", action="store_true")
     _add_sandbox_options(p)
-    _add_train_options(p, epochs=2, tiny_default="1m")
+    _add_train_options(p, epochs=3, tiny_default="1m")
     # The best cross-validated recipe so far (benchmarks/RESULTS.md): group-wise batches + listwise loss,
     # reading the generated-test results after the program.
     p.set_defaults(full=True, max_length=1024, lr=1e-3, group_size=8, batch_size=2, rank_weight=3.0,

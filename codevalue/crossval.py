@@ -71,6 +71,18 @@ def score_records(vm: ValueModel, records: list[dict], batch_size: int = 32) -> 
     return out
 
 
+RECIPE_FIELDS = ("num_train_epochs", "learning_rate", "per_device_train_batch_size", "gradient_accumulation_steps",
+                 "train_last_layers", "lora_r", "lora_alpha", "max_length", "aux_weight", "eval_fraction",
+                 "append_eos", "group_size", "rank_weight", "read_checks", "seed")
+
+
+def training_recipe(args: ValueTrainingArguments, base: str | None, tiny: str | None,
+                    per_problem: int | None) -> dict[str, Any]:
+    """What a fold model's training depended on besides its problems: a finished fold is reused only if
+    this is unchanged (e.g. a rerun with --read-checks must not reuse models that never read checks)."""
+    return {"base": base, "tiny": tiny, "per_problem": per_problem} | {k: getattr(args, k) for k in RECIPE_FIELDS}
+
+
 def crossval(targets: str | os.PathLike | list[dict], out_dir: str | os.PathLike, args: ValueTrainingArguments,
              folds: int = 2, base: str | None = None, tiny: str | None = None, per_problem: int | None = None,
              batch_size: int = 32, log=print) -> Path:
@@ -79,6 +91,7 @@ def crossval(targets: str | os.PathLike | list[dict], out_dir: str | os.PathLike
     fold_of = assign_folds([str(r["problem_id"]) for r in records], folds, args.seed)
     all_scores: list[dict] = []
     summary: dict[str, Any] = {"folds": folds, "per_problem": per_problem, "fold_problems": {}, "train_seconds": {}}
+    recipe = training_recipe(args, base, tiny, per_problem)
     for k in range(folds):
         fold_dir = out / f"fold-{k}"
         held_out = sorted(pid for pid, f in fold_of.items() if f == k)
@@ -89,11 +102,14 @@ def crossval(targets: str | os.PathLike | list[dict], out_dir: str | os.PathLike
         expected = sorted({str(r["problem_id"]) for r in train_recs})
         meta = json.loads(meta_path.read_text()) if meta_path.exists() else None
         scores_path = fold_dir / "scores.jsonl"
-        if meta is None or sorted(meta["train_problems"] + meta["eval_problems"]) != expected:
+        recipe_path = fold_dir / "recipe.json"
+        same_recipe = recipe_path.exists() and json.loads(recipe_path.read_text()) == recipe
+        if meta is None or not same_recipe or sorted(meta["train_problems"] + meta["eval_problems"]) != expected:
             log(f"fold {k + 1}/{folds}: training on {len(train_recs)} rollouts of {len(expected)} problems")
             scores_path.unlink(missing_ok=True)  # scores of an earlier model must never be reused
             args.output_dir = str(fold_dir / "checkpoints")
             meta = train_value_model(train_recs, model_dir, args, base=base, tiny=tiny)
+            recipe_path.write_text(json.dumps(recipe, indent=2) + "\n")
         else:
             log(f"fold {k + 1}/{folds}: reusing {model_dir}")
         if set(meta["train_problems"] + meta["eval_problems"]) & set(held_out):  # the whole point of crossval
@@ -108,5 +124,5 @@ def crossval(targets: str | os.PathLike | list[dict], out_dir: str | os.PathLike
         summary["fold_problems"][k] = held_out
         summary["train_seconds"][k] = meta.get("train_seconds")
     write_jsonl(out / "scores.jsonl", all_scores)
-    (out / "crossval.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (out / "crossval.json").write_text(json.dumps(summary | {"recipe": recipe}, indent=2) + "\n")
     return out / "scores.jsonl"

@@ -228,3 +228,17 @@ def test_crossval_needs_enough_problems(tmp_path):
     records = [r for r in synthetic_targets() if r["problem_id"] in ("P0", "P1")]
     with pytest.raises(CodevalueError, match="2 problems cannot fill 3 folds"):
         crossval(records, tmp_path / "out", make_args(tmp_path / "out"), folds=3, tiny="1m")
+
+
+def test_crossval_retrains_when_the_recipe_changes(run, tmp_path, monkeypatch):
+    targets, original, _, _ = run
+    out = copy_run(run, tmp_path)
+    calls: list = []
+    monkeypatch.setattr(cv_mod, "train_value_model", fake_trainer(calls, model_from=original / "fold-0" / "model"))
+    logs: list[str] = []
+    crossval(targets, out, make_args(out, rank_weight=2.0), folds=2, tiny="1m", log=logs.append)
+    assert len(calls) == 2 and [line for line in logs if "reusing" in line] == []
+    assert json.loads((out / "fold-0" / "recipe.json").read_text())["rank_weight"] == 2.0
+    logs.clear()
+    crossval(targets, out, make_args(out, rank_weight=2.0), folds=2, tiny="1m", log=logs.append)
+    assert len(calls) == 2 and len([line for line in logs if "reusing" in line]) == 2  # same recipe: reused
