@@ -264,8 +264,13 @@ def run_checks(labeled: str | os.PathLike, problems: str | os.PathLike | list[Pr
         for name in ("problem_id", "rollout_id"):
             if name not in rec:
                 raise DataError(labeled, "missing field", line=line, field=name)
-        if str(rec["problem_id"]) not in by_id:
+        problem = by_id.get(str(rec["problem_id"]))
+        if problem is None:
             raise DataError(labeled, f"unknown problem {rec['problem_id']!r}", line=line, field="problem_id")
+        if not problem.entry_point:
+            raise DataError(labeled, f"problem {problem.problem_id!r} has no entry point: generated tests are "
+                                     "asserts on a function (HumanEval/MBPP, call-based APPS), not stdin "
+                                     "programs", line=line, field="problem_id")
     records = [rec for _, rec in numbered]
     generated = {pid: parse_generated_tests(texts.get(pid, []), by_id[pid].entry_point, limit)
                  for pid in {str(r["problem_id"]) for r in records}}

@@ -243,7 +243,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
                          batch_size=args.batch_size, block_size=args.block_size, lr=args.lr,
                          max_chars=args.max_chars, seed=args.seed, quiet=args.quiet)
     print(f"tiny-{r['size']} causal LM on {r['files']} files of {r['corpus']} ({r['corpus_tokens']:,} tokens): "
-          f"{r['trained_tokens']:,} tokens in {r['seconds']} s, loss {r['first_loss']} -> {r['final_loss']}; "
+          f"{r['trained_tokens']:,} tokens in {r['seconds']} s, loss {r['first_loss']:.3f} -> {r['final_loss']:.3f}; "
           f"use it with --base {r['out']}")
     return 0
 

@@ -147,3 +147,10 @@ def test_run_checks_names_bad_records(tmp_path):
     tests.write_text(json.dumps({"task_id": "T/0"}) + "\n")
     with pytest.raises(DataError, match=r"tests.jsonl, record 1, field 'text'"):
         run_checks(labeled, [_problem()], tmp_path / "o.jsonl", tests=tests, progress=False)
+
+
+def test_run_checks_refuses_stdin_problems(tmp_path):
+    labeled, tests = _write(tmp_path, ROLLOUTS[:1])
+    stdin_problem = Problem("T/0", "apps", "stdin", prompt="read a number")
+    with pytest.raises(DataError, match=r"record 1, field 'problem_id'.*no entry point"):
+        run_checks(labeled, [stdin_problem], tmp_path / "o.jsonl", tests=tests, progress=False)

@@ -73,7 +73,7 @@ def test_label_tiny_file(tmp_path, capsys):
     assert meta["sandbox"]["workers"] == 2
 
 
-@pytest.mark.parametrize("argv", [[], ["label"], ["problems"], ["sandbox"], ["demo"]])
+@pytest.mark.parametrize("argv", [[], ["label"], ["problems"], ["sandbox"], ["demo"], ["checks"], ["codet"], ["pretrain"]])
 def test_help(capsys, argv):
     with pytest.raises(SystemExit) as e:
         main(argv + ["--help"])
@@ -129,3 +129,18 @@ def test_unreadable_rollouts_file(tmp_path, capsys, name, data):
 def test_sandbox_command(capsys):
     assert main(["sandbox", "--workers", "1"]) == 0
     assert "rlimits" in capsys.readouterr().out
+
+
+def test_cli_checks_then_codet_on_bundled_humaneval(tmp_path, capsys):
+    """Real HumanEval/0 with its bundled generated tests: the canonical solution sits in the consensus."""
+    labeled = write_lines(tmp_path / "labeled.jsonl", [
+        {"problem_id": "HumanEval/0", "rollout_id": "a", "completion": canonical("HumanEval/0"), "passed": True},
+        {"problem_id": "HumanEval/0", "rollout_id": "b", "completion": canonical("HumanEval/0"), "passed": True},
+        {"problem_id": "HumanEval/0", "rollout_id": "c", "completion": "    return True\n", "passed": False}])
+    checked, scores = tmp_path / "checked.jsonl", tmp_path / "scores.jsonl"
+    assert main(["checks", str(labeled), "--problems", "humaneval", "-o", str(checked), "--workers", "2",
+                 "--quiet"]) == 0
+    assert "checked 3 rollouts (2 programs run" in capsys.readouterr().out
+    assert main(["codet", str(checked), "--method", "srank", "-o", str(scores)]) == 0
+    values = {r["rollout_id"]: r["value"] for r in map(json.loads, scores.read_text().splitlines())}
+    assert values["a"] == values["b"] == 1.0 > values["c"]
