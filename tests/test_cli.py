@@ -73,7 +73,8 @@ def test_label_tiny_file(tmp_path, capsys):
     assert meta["sandbox"]["workers"] == 2
 
 
-@pytest.mark.parametrize("argv", [[], ["label"], ["problems"], ["sandbox"], ["demo"], ["checks"], ["codet"], ["pretrain"]])
+@pytest.mark.parametrize("argv", [[], ["label"], ["problems"], ["sandbox"], ["demo"], ["checks"], ["codet"],
+                                  ["pretrain"]])
 def test_help(capsys, argv):
     with pytest.raises(SystemExit) as e:
         main(argv + ["--help"])
