@@ -142,7 +142,11 @@ def _add_train_options(p: argparse.ArgumentParser, epochs: float = 2, tiny_defau
     p.add_argument("--group-size", type=int, default=0,
                    help="batch rollouts of one problem together, G per group (the batch size counts groups)")
     p.add_argument("--rank-weight", type=float, default=0.0,
-                   help="weight of the within-problem listwise loss on final values (needs --group-size)")
+                   help="weight of the within-problem ranking loss on final values (needs --group-size)")
+    p.add_argument("--rank-loss", choices=["listwise", "pairwise"], default="listwise",
+                   help="listwise (softmax over the group) or pairwise (logistic loss on pass/fail pairs)")
+    p.add_argument("--center-targets", action="store_true",
+                   help="targets relative to the problem's pass rate: 0.5 + (target - p) / 2")
     p.add_argument("--read-checks", action=argparse.BooleanOptionalAction, default=False,
                    help="execution-aware: the model also reads each program's generated-test results "
                         "(targets built from `codevalue checks` output)")
@@ -166,7 +170,8 @@ def _training_args(args: argparse.Namespace, output_dir: Path, save_checkpoints:
         bf16=args.bf16, activation_checkpointing=args.gradient_checkpointing,
         train_last_layers=-1 if args.full else args.train_last_layers, lora_r=args.lora_r,
         max_length=args.max_length, aux_weight=args.aux_weight, eval_fraction=args.eval_fraction,
-        group_size=args.group_size, rank_weight=args.rank_weight, read_checks=args.read_checks,
+        group_size=args.group_size, rank_weight=args.rank_weight, rank_loss=args.rank_loss,
+        center_targets=args.center_targets, read_checks=args.read_checks,
         disable_tqdm=args.quiet)
 
 

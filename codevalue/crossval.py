@@ -73,7 +73,8 @@ def score_records(vm: ValueModel, records: list[dict], batch_size: int = 32) -> 
 
 RECIPE_FIELDS = ("num_train_epochs", "learning_rate", "per_device_train_batch_size", "gradient_accumulation_steps",
                  "train_last_layers", "lora_r", "lora_alpha", "max_length", "aux_weight", "eval_fraction",
-                 "append_eos", "group_size", "rank_weight", "read_checks", "seed")
+                 "append_eos", "group_size", "rank_weight", "rank_loss", "center_targets", "read_checks",
+                 "seed")
 
 
 def training_recipe(args: ValueTrainingArguments, base: str | None, tiny: str | None,

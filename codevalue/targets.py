@@ -108,7 +108,8 @@ def evaluated_completion(record: dict[str, Any]) -> str:
 
 def build_targets(labeled: str | os.PathLike, problems: str | os.PathLike | list[Problem],
                   out: str | os.PathLike, smooth: float = 0.0) -> dict[str, Any]:
-    """Read `codevalue label` output, write it back with `prompt`, `value_targets` and `label_class`.
+    """Read `codevalue label` output, write it back with `prompt`, `value_targets`, `label_class` and
+    `problem_pass_rate` (over all of the problem's labelled rollouts; `train --center-targets` uses it).
 
     `prompt` is the text the generator was given: the rollout's own `prompt` field (written by
     `codevalue generate`) when present, else the problem's prompt.
@@ -137,10 +138,13 @@ def build_targets(labeled: str | os.PathLike, problems: str | os.PathLike | list
     records = []
     for pid, recs in groups.items():
         texts = [evaluated_completion(r) for r in recs]
-        targets = prefix_value_targets(texts, [bool(r["passed"]) for r in recs], smooth=smooth)
+        passed = [bool(r["passed"]) for r in recs]
+        targets = prefix_value_targets(texts, passed, smooth=smooth)
+        rate = round(sum(passed) / len(passed), 6)
         for rec, text, tgt in zip(recs, texts, targets, strict=True):
             records.append({**rec, "prompt": rec.get("prompt") or prompts[pid], "completion_scored": text,
-                            "value_targets": tgt.to_dict(), "label_class": failure_class(rec["verdict"])})
+                            "value_targets": tgt.to_dict(), "label_class": failure_class(rec["verdict"]),
+                            "problem_pass_rate": rate})
     write_jsonl(out, records)
     return {"rollouts": len(records), "problems": len(groups), "dropped_infra_error": dropped,
             "smooth": smooth}

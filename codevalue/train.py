@@ -61,8 +61,14 @@ class ValueTrainingArguments(TrainingArguments):
         "help": "> 0: each batch item is a group of up to G rollouts of ONE problem (the batch size counts "
                 "groups), so the ranking loss can compare rollouts of the same problem"})
     rank_weight: float = field(default=0.0, metadata={
-        "help": "weight of a listwise loss on final values within each group: -log softmax of the passing "
-                "rollouts among their group (needs group_size > 0)"})
+        "help": "weight of a ranking loss on final values within each group (needs group_size > 0)"})
+    rank_loss: str = field(default="listwise", metadata={
+        "help": "listwise: -log softmax of the passing rollouts among their group; pairwise: mean logistic "
+                "loss over (passing, failing) pairs of the group (RankNet / Bradley-Terry)"})
+    center_targets: bool = field(default=False, metadata={
+        "help": "train on 0.5 + (target - p) / 2, p the problem's pass rate: values say how much better than "
+                "the problem's average a prefix is, not how easy the problem is (values are then no longer "
+                "probabilities)"})
     # Defaults changed from TrainingArguments:
     learning_rate: float = field(default=3e-4, metadata={"help": "peak learning rate (AdamW)"})
     logging_steps: float = field(default=10, metadata={"help": "log every N steps"})
@@ -71,6 +77,8 @@ class ValueTrainingArguments(TrainingArguments):
         "help": "evaluation strategy; set to 'no' automatically when there is no held-out split"})
 
     def __post_init__(self):
+        if self.rank_loss not in ("listwise", "pairwise"):
+            raise ValueError(f"rank_loss must be 'listwise' or 'pairwise', not {self.rank_loss!r}")
         self.report_to = self.report_to if self.report_to not in (None, "all") else "none"
         self.remove_unused_columns = False
         self.label_names = ["value_labels"]
@@ -91,6 +99,19 @@ def load_examples(path: str | os.PathLike) -> list[dict[str, Any]]:
     return records
 
 
+def problem_pass_rates(records: list[dict]) -> dict[str, float]:
+    """Each problem's pass rate: `problem_pass_rate` of `codevalue targets` output (over all its rollouts),
+    else the mean outcome of the records given."""
+    stored: dict[str, float] = {}
+    outcomes: dict[str, list[float]] = {}
+    for r in records:
+        pid = str(r["problem_id"])
+        if "problem_pass_rate" in r:
+            stored[pid] = float(r["problem_pass_rate"])
+        outcomes.setdefault(pid, []).append(float(ValueTargets(**r["value_targets"]).values[-1]))
+    return {pid: stored.get(pid, sum(v) / len(v)) for pid, v in outcomes.items()}
+
+
 def split_by_problem(records: list[dict], eval_fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
     problems = sorted({str(r["problem_id"]) for r in records})
     random.Random(seed).shuffle(problems)
@@ -100,12 +121,16 @@ def split_by_problem(records: list[dict], eval_fraction: float, seed: int) -> tu
             [r for r in records if str(r["problem_id"]) in held_out])
 
 
-def tokenize_example(tokenizer, rec: dict, spec: InputSpec) -> dict[str, Any]:
-    """input_ids plus a value label per position: -100 on prompt tokens, else the prefix target."""
+def tokenize_example(tokenizer, rec: dict, spec: InputSpec, center_on: float | None = None) -> dict[str, Any]:
+    """input_ids plus a value label per position: -100 on prompt tokens, else the prefix target
+    (with `center_on` = the problem's pass rate p: 0.5 + (target - p) / 2)."""
     e = encode(tokenizer, rec["prompt"], rec["completion_scored"], spec, suffix=input_suffix(spec, rec))
     targets = ValueTargets(**rec["value_targets"])
-    labels = [-100.0] * e.completion_start + [targets.at(end) for _, end in e.char_spans]
-    labels[-1] = float(targets.values[-1])  # the last token (EOS when appended) carries the outcome
+    values = [targets.at(end) for _, end in e.char_spans]
+    values[-1] = float(targets.values[-1])  # the last token (EOS when appended) carries the outcome
+    if center_on is not None:
+        values = [0.5 + (v - center_on) / 2 for v in values]
+    labels = [-100.0] * e.completion_start + values
     return {"input_ids": e.input_ids, "value_labels": labels, "class_labels": int(rec["label_class"])}
 
 
@@ -163,6 +188,19 @@ def listwise_loss(final_logits: torch.Tensor, passed: torch.Tensor, group_index:
     return torch.stack(losses).mean() if losses else final_logits.sum() * 0.0
 
 
+def pairwise_loss(final_logits: torch.Tensor, passed: torch.Tensor, group_index: torch.Tensor) -> torch.Tensor:
+    """Mean over groups with both outcomes of the mean over (passing i, failing j) pairs of
+    log(1 + exp(-(s_i - s_j))): each passing rollout should outscore each failing one of its problem."""
+    losses = []
+    for g in group_index.unique():
+        sel = group_index == g
+        s, y = final_logits[sel].float(), passed[sel]
+        if 0 < y.sum() < len(y):
+            diff = s[y][:, None] - s[~y][None, :]  # (passing, failing)
+            losses.append(F.softplus(-diff).mean())
+    return torch.stack(losses).mean() if losses else final_logits.sum() * 0.0
+
+
 def value_loss(logits: torch.Tensor, value_labels: torch.Tensor, class_labels: torch.Tensor | None = None,
                last_index: torch.Tensor | None = None, aux_weight: float = 0.0) -> torch.Tensor:
     """Mean BCE over labelled tokens (+ aux_weight * CE of the verdict class at each row's last token)."""
@@ -184,7 +222,8 @@ class ValueTrainer(Trainer):
             rows = torch.arange(outputs.logits.shape[0], device=outputs.logits.device)
             final = outputs.logits[rows, inputs["last_index"], 0]  # (B,) value logit at each row's last token
             passed = inputs["class_labels"] == 0
-            loss = loss + self.args.rank_weight * listwise_loss(final, passed, inputs["group_index"])
+            rank = pairwise_loss if self.args.rank_loss == "pairwise" else listwise_loss
+            loss = loss + self.args.rank_weight * rank(final, passed, inputs["group_index"])
         return (loss, outputs) if return_outputs else loss
 
 
@@ -221,8 +260,9 @@ def train_value_model(examples: str | os.PathLike | list[dict], output_dir: str 
     for i, rec in enumerate(records, start=1):  # fail before training, naming the record
         input_suffix(spec, rec, source, line=i)
     model, tokenizer = prepare_model(args, base, tiny, num_labels=1 + len(spec.aux_classes))
-    train_ds = [tokenize_example(tokenizer, r, spec) for r in train_recs]
-    eval_ds = [tokenize_example(tokenizer, r, spec) for r in eval_recs] or None
+    pass_rate = problem_pass_rates(records) if args.center_targets else {}
+    train_ds = [tokenize_example(tokenizer, r, spec, pass_rate.get(str(r["problem_id"]))) for r in train_recs]
+    eval_ds = [tokenize_example(tokenizer, r, spec, pass_rate.get(str(r["problem_id"]))) for r in eval_recs] or None
     train_tokens = sum(len(x["input_ids"]) for x in train_ds)
     if args.group_size > 0:
         train_ds = make_groups(train_ds, [str(r["problem_id"]) for r in train_recs], args.group_size, args.seed)
@@ -250,6 +290,8 @@ def train_value_model(examples: str | os.PathLike | list[dict], output_dir: str 
         "train_problems": sorted({str(r["problem_id"]) for r in train_recs}),
         "eval_problems": sorted({str(r["problem_id"]) for r in eval_recs}),
         "train_examples": len(train_recs),
+        "value_meaning": ("0.5 + (P(pass) - problem pass rate) / 2: relative, not a probability"
+                          if args.center_targets else "P(pass | prefix)"),
         "train_tokens": train_tokens,
         "train_seconds": round(seconds, 2),
         "metrics": {k: (round(v, 5) if isinstance(v, float) else v) for k, v in metrics.items()},

@@ -213,6 +213,7 @@ def test_build_targets_end_to_end(tmp_path, humaneval):
     assert r1["value_targets"] == {"ends": [11, 13], "values": [0.333333, 0.0]}
     assert r2["value_targets"] == {"ends": [11, 17], "values": [0.333333, 0.0]}
     assert [r["label_class"] for r in recs] == [0, 1, 2, 3, 0]
+    assert [r["problem_pass_rate"] for r in recs] == [0.333333] * 3 + [0.5] * 2  # infra_error not counted
     # "    return x" (12 chars) is shared by both HumanEval/2 rollouts
     assert by_id["HumanEval/2", 0]["value_targets"] == {"ends": [12, 13], "values": [0.5, 0.0]}
     assert by_id["HumanEval/2", 1]["value_targets"] == {"ends": [12, 19], "values": [0.5, 1.0]}

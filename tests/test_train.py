@@ -383,6 +383,41 @@ def test_listwise_loss_matches_hand_computation():
     assert loss.item() == 0.0 and flat.grad is not None
 
 
+def test_pairwise_loss_matches_hand_computation():
+    from codevalue.train import pairwise_loss
+
+    logits = torch.tensor([2.0, 0.0, 1.0, -1.0, 5.0, 3.0])
+    passed = torch.tensor([True, False, True, False, True, True])
+    groups = torch.tensor([0, 0, 0, 0, 1, 1])  # group 1: passing rollouts only, no pair to compare
+
+    def sp(x):
+        return math.log1p(math.exp(-x))
+    # pairs (pass, fail): (2, 0), (2, -1), (1, 0), (1, -1)
+    expected = (sp(2.0) + sp(3.0) + sp(1.0) + sp(2.0)) / 4
+    assert pairwise_loss(logits, passed, groups).item() == pytest.approx(expected, rel=1e-6)
+    flat = torch.tensor([1.0, 2.0], requires_grad=True)
+    loss = pairwise_loss(flat, torch.tensor([False, False]), torch.tensor([0, 0]))
+    loss.backward()
+    assert loss.item() == 0.0 and flat.grad is not None
+    with pytest.raises(ValueError, match="rank_loss"):
+        ValueTrainingArguments(output_dir="x", rank_loss="softmax")
+
+
+def test_centered_targets_are_relative_to_the_pass_rate(tok):
+    from codevalue.train import problem_pass_rates
+
+    rec = {"problem_id": "P", "prompt": "p", "completion_scored": "abc",
+           "value_targets": {"ends": [1, 3], "values": [0.5, 1.0]}, "label_class": 0}
+    plain = tokenize_example(tok, rec, InputSpec())
+    centred = tokenize_example(tok, rec, InputSpec(), center_on=0.25)
+    kept = [(a, b) for a, b in zip(plain["value_labels"], centred["value_labels"], strict=True) if a != -100.0]
+    assert kept and all(b == pytest.approx(0.5 + (a - 0.25) / 2) for a, b in kept)
+    assert centred["value_labels"][-1] == pytest.approx(0.875)  # a pass on a problem passed 25% of the time
+    fail = dict(rec, value_targets={"ends": [3], "values": [0.0]}, problem_id="Q")
+    assert problem_pass_rates([rec, fail, dict(fail, rollout_id=2)]) == {"P": 1.0, "Q": 0.0}
+    assert problem_pass_rates([dict(rec, problem_pass_rate=0.3)]) == {"P": 0.3}  # targets' own rate wins
+
+
 def test_make_groups_keeps_problems_apart_and_collator_flattens():
     from codevalue.train import ValueCollator, make_groups
 
