@@ -32,12 +32,13 @@ import secrets
 import sys
 import time
 from collections import Counter, defaultdict
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from .errors import DataError
 from .jsonl import JsonlAppender, read_completed_lines, read_jsonl, write_jsonl
-from .problems import DATA_DIR, Problem, load_problems
+from .problems import BUNDLED, DATA_DIR, Problem, load_problems
 from .sandbox import Job, Sandbox, SandboxConfig
 from .targets import evaluated_completion
 
@@ -250,7 +251,11 @@ def run_checks(labeled: str | os.PathLike, problems: str | os.PathLike | list[Pr
     """Run every rollout of `labeled` on its problem's generated tests; write records + checks + features."""
     from tqdm import tqdm
 
+    sandbox = sandbox or SandboxConfig()
     if not isinstance(problems, list):
+        source = BUNDLED.get(str(problems), problems)
+        if Path(source).exists():  # the hidden tests' expected outputs stay out of the programs' reach
+            sandbox = replace(sandbox, hidden_paths=(*sandbox.hidden_paths, str(source)))
         problems = load_problems(problems)
     by_id = {p.problem_id: p for p in problems}
     texts: dict[str, list[str]] = defaultdict(list)
@@ -276,7 +281,14 @@ def run_checks(labeled: str | os.PathLike, problems: str | os.PathLike | list[Pr
                  for pid in {str(r["problem_id"]) for r in records}}
 
     out = Path(out)
-    done = {str(r["rollout_id"]): r for r in read_completed_lines(out) if "checks" in r}
+    current = {str(r["rollout_id"]): r for r in records}
+
+    def still_valid(row: dict) -> bool:  # same program, same number of tests as now
+        rec = current.get(str(row.get("rollout_id")))
+        return (rec is not None and "checks" in row and evaluated_completion(row) == evaluated_completion(rec)
+                and len(row["checks"]["passed"]) == len(generated[str(rec["problem_id"])]))
+
+    done = {str(r["rollout_id"]): r for r in read_completed_lines(out) if still_valid(r)}
     resumed = len(done)
     waiting: dict[tuple[str, str], list[dict]] = defaultdict(list)
     jobs: list[Job] = []
@@ -296,7 +308,7 @@ def run_checks(labeled: str | os.PathLike, problems: str | os.PathLike | list[Pr
         waiting[key].append(rec)
 
     start = time.monotonic()
-    with Sandbox(sandbox or SandboxConfig()) as box, JsonlAppender(out) as sink:
+    with Sandbox(sandbox) as box, JsonlAppender(out) as sink:
         bar = tqdm(total=len(records), initial=len(done), unit="rollout", disable=not progress, desc="checks",
                    dynamic_ncols=True, mininterval=0.5 if sys.stderr.isatty() else 15)
         for job, result in box.map(jobs):

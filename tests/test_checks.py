@@ -154,3 +154,15 @@ def test_run_checks_refuses_stdin_problems(tmp_path):
     stdin_problem = Problem("T/0", "apps", "stdin", prompt="read a number")
     with pytest.raises(DataError, match=r"record 1, field 'problem_id'.*no entry point"):
         run_checks(labeled, [stdin_problem], tmp_path / "o.jsonl", tests=tests, progress=False)
+
+
+def test_run_checks_reruns_rollouts_whose_program_changed(tmp_path):
+    labeled, tests = _write(tmp_path, ROLLOUTS[:2])
+    out = tmp_path / "checked.jsonl"
+    run_checks(labeled, [_problem()], out, tests=tests, sandbox=SandboxConfig(workers=1), progress=False)
+    changed = [(ROLLOUTS[0][0], "    return x * 2\n", False), ROLLOUTS[1]]  # same id, another program
+    labeled, _ = _write(tmp_path, changed)
+    summary = run_checks(labeled, [_problem()], out, tests=tests, sandbox=SandboxConfig(workers=1), progress=False)
+    assert summary["resumed"] == 1 and summary["programs_run"] == 1
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert rows[0]["checks"]["passed"] == "101" and rows[0]["completion"] == "    return x * 2\n"
