@@ -32,13 +32,12 @@ import secrets
 import sys
 import time
 from collections import Counter, defaultdict
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from .errors import DataError
 from .jsonl import JsonlAppender, read_completed_lines, read_jsonl, write_jsonl
-from .problems import BUNDLED, DATA_DIR, Problem, load_problems
+from .problems import DATA_DIR, Problem, load_problems
 from .sandbox import Job, Sandbox, SandboxConfig
 from .targets import evaluated_completion
 
@@ -251,11 +250,8 @@ def run_checks(labeled: str | os.PathLike, problems: str | os.PathLike | list[Pr
     """Run every rollout of `labeled` on its problem's generated tests; write records + checks + features."""
     from tqdm import tqdm
 
-    sandbox = sandbox or SandboxConfig()
+    sandbox = (sandbox or SandboxConfig()).hiding_problems(problems)
     if not isinstance(problems, list):
-        source = BUNDLED.get(str(problems), problems)
-        if Path(source).exists():  # the hidden tests' expected outputs stay out of the programs' reach
-            sandbox = replace(sandbox, hidden_paths=(*sandbox.hidden_paths, str(source)))
         problems = load_problems(problems)
     by_id = {p.problem_id: p for p in problems}
     texts: dict[str, list[str]] = defaultdict(list)

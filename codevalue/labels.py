@@ -25,14 +25,14 @@ import signal
 import sys
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .compare import MODES, compare_call_result, compare_stdout
 from .errors import CodevalueError, DataError
 from .jsonl import JsonlAppender, read_completed_lines, write_jsonl
-from .problems import BUNDLED, Problem, load_problems
+from .problems import Problem, load_problems
 from .rollouts import Rollout, program_for, read_rollouts, truncate_at_stop
 from .sandbox import ExecutionResult, Job, Sandbox, SandboxConfig, TestOutcome, describe_isolation
 
@@ -169,7 +169,7 @@ def label_rollouts(problems: str | os.PathLike | list[Problem], rollouts: str | 
 
     config = config or LabelConfig()
     out = Path(out)
-    problems_source = problems if isinstance(problems, list) else BUNDLED.get(str(problems), problems)
+    sandbox_config = config.sandbox.hiding_problems(problems)
     if not isinstance(problems, list):
         problems = load_problems(problems, format=problem_format)
     by_id = {p.problem_id: p for p in problems}
@@ -212,9 +212,6 @@ def label_rollouts(problems: str | os.PathLike | list[Problem], rollouts: str | 
 
     start = time.monotonic()
     cpu = 0.0
-    sandbox_config = config.sandbox
-    if not isinstance(problems_source, list) and Path(problems_source).exists():  # its expected outputs
-        sandbox_config = replace(sandbox_config, hidden_paths=(*sandbox_config.hidden_paths, str(problems_source)))
     with Sandbox(sandbox_config) as box, JsonlAppender(out) as sink:
         isolation = box.isolation
         for r in untestable:

@@ -27,12 +27,12 @@ import sys
 import tempfile
 from collections import deque
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO, Any
 
 from .errors import SandboxError
-from .problems import DATA_DIR
+from .problems import BUNDLED, DATA_DIR
 
 STYLES = ("humaneval", "apps", "script")
 
@@ -45,11 +45,21 @@ class SandboxConfig:
     max_processes: int = 64  # RLIMIT_NPROC for the sandbox uid (root only): stops fork bombs
     uid_base: int = 61000  # worker i runs programs as uid uid_base + i (root only)
     # Files and directories programs must not read (problem files with expected outputs). The bundled
-    # data is always hidden; `label_rollouts` adds the problems file it was given.
+    # data is always hidden; `label_rollouts` and `run_checks` add the problems file they were given.
     hidden_paths: tuple[str, ...] = ()
 
     def n_workers(self) -> int:
         return self.workers or os.cpu_count() or 1
+
+    def hiding_problems(self, problems: object) -> SandboxConfig:
+        """This config with a problems source (file, directory or bundled name) hidden from programs, so
+        the expected outputs stay out of their reach; a list of problems or a hub id changes nothing."""
+        if isinstance(problems, list):
+            return self
+        source = BUNDLED.get(str(problems), problems)
+        if not Path(source).exists():
+            return self
+        return replace(self, hidden_paths=(*self.hidden_paths, str(source)))
 
 
 @dataclass
