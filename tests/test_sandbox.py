@@ -947,3 +947,13 @@ def test_package_installed_under_tmp_still_runs_programs(tmp_path):
                          timeout=60, cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split() == ["42", "True"]
+
+
+def test_hiding_problems_adds_only_an_existing_problems_source(tmp_path):
+    config = SandboxConfig(hidden_paths=("/a",))
+    problems_file = tmp_path / "problems.jsonl"
+    problems_file.write_text("{}\n")
+    assert config.hiding_problems(str(problems_file)).hidden_paths == ("/a", str(problems_file))
+    assert config.hiding_problems("humaneval").hidden_paths[1].endswith("problems.jsonl.gz")  # a bundled name
+    assert config.hiding_problems("codeparrot/apps") is config  # a hub id: nothing on disk to hide
+    assert config.hiding_problems([]) is config  # problems given as objects
