@@ -56,15 +56,11 @@ def subsample(records: list[dict], per_problem: int | None, seed: int = 0) -> li
 
 
 def score_records(vm: ValueModel, records: list[dict], batch_size: int = 32) -> list[dict]:
-    """Per-token scores for records with prompt + completion_scored, each distinct input scored once."""
-    keys = [(r["prompt"], r["completion_scored"], input_suffix(vm.spec, r, line=i))
-            for i, r in enumerate(records, start=1)]
-    unique = sorted(set(keys))
-    scores = dict(zip(unique, vm.score([k[0] for k in unique], [k[1] for k in unique], batch_size,
-                                       suffixes=[k[2] for k in unique]), strict=True))
+    """Per-token scores for records with prompt + completion_scored (each distinct input scored once)."""
+    scores = vm.score([r["prompt"] for r in records], [r["completion_scored"] for r in records], batch_size,
+                      suffixes=[input_suffix(vm.spec, r, line=i) for i, r in enumerate(records, start=1)])
     out = []
-    for r, key in zip(records, keys, strict=True):
-        s = scores[key]
+    for r, s in zip(records, scores, strict=True):
         row = {k: r[k] for k in KEPT_FIELDS if k in r}
         row.update(value=round(s.final, 6), token_values=[round(v, 5) for v in s.values])
         out.append(row)

@@ -225,16 +225,18 @@ class ValueModel:
     def score(self, prompts: list[str], completions: list[str], batch_size: int = 16,
               finished: bool = True, suffixes: list[str] | None = None) -> list[Score]:
         """Values at every completion token, one forward pass per batch (right padding; a causal model's
-        values at real tokens never see the padding). `finished=False` scores prefixes (no EOS).
-        `suffixes`: the check results of finished completions, for a model with spec.read_checks."""
+        values at real tokens never see the padding); identical inputs are scored once.
+        `finished=False` scores prefixes (no EOS). `suffixes`: the check results of finished completions,
+        for a model with spec.read_checks."""
         if len(prompts) != len(completions):
             raise ValueError(f"{len(prompts)} prompts but {len(completions)} completions")
         if finished and self.spec.read_checks and suffixes is None:
             raise CodevalueError("this value model reads selection-time check results after a finished program: "
                                  "score `codevalue checks` output (field check_features), or score prefixes")
         suffixes = suffixes if finished and suffixes is not None else [""] * len(prompts)
-        encoded = [encode(self.tokenizer, p, c, self.spec, finished, x)
-                   for p, c, x in zip(prompts, completions, suffixes, strict=True)]
+        keys = list(zip(prompts, completions, suffixes, strict=True))
+        unique = list(dict.fromkeys(keys))
+        encoded = [encode(self.tokenizer, p, c, self.spec, finished, x) for p, c, x in unique]
         order = sorted(range(len(encoded)), key=lambda i: len(encoded[i].input_ids))  # less padding
         scores: list[Score | None] = [None] * len(encoded)
         pad = self.tokenizer.pad_token_id
@@ -257,7 +259,8 @@ class ValueModel:
                 a, b = e.suffix  # the process reward is read on the program's own tokens (+ EOS), not the checks
                 scores[i] = Score(final, v[:a] + v[b:], e.char_spans[:a] + e.char_spans[b:],
                                   e.dropped_completion_tokens)
-        return scores  # type: ignore[return-value]
+        by_key = dict(zip(unique, scores, strict=True))
+        return [by_key[k] for k in keys]  # type: ignore[misc]
 
 
 def input_suffix(spec: InputSpec, rec: dict, source: object = "<records>", line: int | None = None) -> str:

@@ -79,12 +79,8 @@ def rerank(rollouts: str | os.PathLike | list[dict], model: str | os.PathLike | 
         vm = model if hasattr(model, "score") else ValueModel.from_pretrained(model)
         prompts, completions = prompts_and_completions(list(enumerate(records, start=1)), source, problems)
         suffixes = [input_suffix(vm.spec, rec, source, line) for line, rec in enumerate(records, start=1)]
-        keys = list(zip(prompts, completions, suffixes, strict=True))
-        unique = sorted(set(keys))
-        scores = dict(zip(unique, vm.score([u[0] for u in unique], [u[1] for u in unique], batch_size,
-                                           suffixes=[u[2] for u in unique]), strict=True))
-        for rec, key in zip(records, keys, strict=True):
-            rec["value"] = round(scores[key].final, 6)
+        for rec, s in zip(records, vm.score(prompts, completions, batch_size, suffixes=suffixes), strict=True):
+            rec["value"] = round(s.final, 6)
     else:
         for line, rec in enumerate(records, start=1):
             if not isinstance(rec.get("value"), (int, float)):

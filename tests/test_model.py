@@ -284,3 +284,17 @@ def test_freeze_all_but_last(tok, k, blocks, norm):
         expected.add("model.norm.weight")
     assert trainable_names(model) == expected
     assert "model.embed_tokens.weight" not in trainable_names(model)
+
+
+def test_identical_inputs_are_scored_once(vm):
+    rows = []
+    handle = vm.model.register_forward_pre_hook(lambda module, args, kwargs: rows.append(kwargs["input_ids"].shape[0]),
+                                                with_kwargs=True)
+    try:
+        scores = vm.score([PROMPTS[0], PROMPTS[1], PROMPTS[0]], [COMPLETIONS[0], COMPLETIONS[1], COMPLETIONS[0]])
+    finally:
+        handle.remove()
+    assert sum(rows) == 2  # three inputs, two distinct
+    assert scores[0] == scores[2] != scores[1]
+    alone = vm.score([PROMPTS[0]], [COMPLETIONS[0]])[0]
+    assert scores[2].values == pytest.approx(alone.values, abs=1e-5) and scores[2].offsets == alone.offsets
