@@ -175,30 +175,31 @@ def make_groups(examples: list[dict], problem_ids: list[str], group_size: int, s
     return groups
 
 
-def listwise_loss(final_logits: torch.Tensor, passed: torch.Tensor, group_index: torch.Tensor) -> torch.Tensor:
-    """Mean over groups with both outcomes of -mean_{passing i} log softmax_group(final_logits)_i: rank the
-    passing rollouts of a problem above its failing ones, whatever the problem's difficulty."""
+def _mean_over_mixed_groups(final_logits: torch.Tensor, passed: torch.Tensor, group_index: torch.Tensor,
+                            group_loss) -> torch.Tensor:
+    """Mean of group_loss(logits, passed) over the groups holding both outcomes (the others carry no
+    ranking signal); zero, and still differentiable, when there is none."""
     losses = []
     for g in group_index.unique():
         sel = group_index == g
         y = passed[sel]
         if 0 < y.sum() < len(y):
-            logp = torch.log_softmax(final_logits[sel].float(), dim=0)
-            losses.append(-logp[y].mean())
+            losses.append(group_loss(final_logits[sel].float(), y))
     return torch.stack(losses).mean() if losses else final_logits.sum() * 0.0
+
+
+def listwise_loss(final_logits: torch.Tensor, passed: torch.Tensor, group_index: torch.Tensor) -> torch.Tensor:
+    """Mean over groups with both outcomes of -mean_{passing i} log softmax_group(final_logits)_i: rank the
+    passing rollouts of a problem above its failing ones, whatever the problem's difficulty."""
+    return _mean_over_mixed_groups(final_logits, passed, group_index,
+                                   lambda s, y: -torch.log_softmax(s, dim=0)[y].mean())
 
 
 def pairwise_loss(final_logits: torch.Tensor, passed: torch.Tensor, group_index: torch.Tensor) -> torch.Tensor:
     """Mean over groups with both outcomes of the mean over (passing i, failing j) pairs of
     log(1 + exp(-(s_i - s_j))): each passing rollout should outscore each failing one of its problem."""
-    losses = []
-    for g in group_index.unique():
-        sel = group_index == g
-        s, y = final_logits[sel].float(), passed[sel]
-        if 0 < y.sum() < len(y):
-            diff = s[y][:, None] - s[~y][None, :]  # (passing, failing)
-            losses.append(F.softplus(-diff).mean())
-    return torch.stack(losses).mean() if losses else final_logits.sum() * 0.0
+    return _mean_over_mixed_groups(final_logits, passed, group_index,
+                                   lambda s, y: F.softplus(-(s[y][:, None] - s[~y][None, :])).mean())
 
 
 def value_loss(logits: torch.Tensor, value_labels: torch.Tensor, class_labels: torch.Tensor | None = None,
