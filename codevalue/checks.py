@@ -20,8 +20,8 @@ Output: the input records plus
 A program can print anything, including lines that look like check results: like CodeT's, these
 scores are only as trustworthy as the programs are honest. The hidden tests (`codevalue label`) are
 what decides `passed`.
-The job is resumable: rollouts already in the output are skipped, results are appended as programs
-finish, and the file is rewritten in input order with the features at the end.
+The job runs on `codevalue.engine` (resumable, each distinct program once, output in input order, optionally
+on a Ray cluster); the features are computed at the end over all rollouts of each problem.
 """
 
 from __future__ import annotations
@@ -29,16 +29,15 @@ from __future__ import annotations
 import ast
 import os
 import secrets
-import sys
-import time
 from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
+from .engine import Plan, content_key, run_stage
 from .errors import DataError
-from .jsonl import JsonlAppender, read_completed_lines, read_jsonl, write_jsonl
+from .jsonl import read_jsonl
 from .problems import DATA_DIR, Problem, load_problems
-from .sandbox import Job, Sandbox, SandboxConfig
+from .sandbox import ExecutionResult, Job, SandboxConfig
 from .targets import evaluated_completion
 
 BUNDLED_TESTS = DATA_DIR / "humaneval" / "codegen16b_generated_tests.jsonl.gz"
@@ -159,10 +158,13 @@ def parse_check_output(stdout: str, n: int, nonce: str) -> dict[str, Any]:
     return {"passed": "".join(passed), "outputs": outputs}
 
 
-def dual_agreement(pass_sets: list[str]) -> list[float]:
+def dual_agreement(pass_sets: list[str], weights: list[int] | None = None) -> list[float]:
     """CodeT's score of each rollout from the tests it passed: |consensus set| x |tests passed|, divided
-    by the problem's best (programs passing exactly the same tests form a consensus set)."""
-    size: Counter[str] = Counter(pass_sets)
+    by the problem's best (programs passing exactly the same tests form a consensus set). weights: how many
+    rollouts each entry stands for (1 each by default)."""
+    size: Counter[str] = Counter()
+    for bits, w in zip(pass_sets, weights or [1] * len(pass_sets), strict=True):
+        size[bits] += w
     raw = [size[bits] * bits.count("1") for bits in pass_sets]
     top = max(raw, default=0)
     return [r / top if top else 0.0 for r in raw]
@@ -172,8 +174,9 @@ FEATURES = ("pass_frac", "error_frac", "timeout_frac", "codet", "codet_top", "ag
             "srank_top")
 
 
-def execution_features(checks: list[dict[str, Any]]) -> list[dict[str, float]]:
-    """Features of each rollout of one problem, from all of the problem's check results:
+def execution_features(checks: list[dict[str, Any]], weights: list[int] | None = None) -> list[dict[str, float]]:
+    """Features of each rollout of one problem, from all of the problem's check results (`weights`: how many
+    rollouts each entry stands for, so one entry per distinct program gives the same numbers):
 
     - pass_frac, error_frac, timeout_frac: share of the generated tests passed / raising / timing out
     - codet: CodeT's dual agreement (normalised to the problem's best); codet_top: 1 if it is the best
@@ -186,10 +189,13 @@ def execution_features(checks: list[dict[str, Any]]) -> list[dict[str, float]]:
     """
     import numpy as np
 
-    n_roll = len(checks)
-    codet = dual_agreement([c["passed"] for c in checks])
+    weights = weights or [1] * len(checks)
+    n_roll = sum(weights)
+    codet = dual_agreement([c["passed"] for c in checks], weights)
     keys = [(tuple(c["outputs"]), c["passed"]) for c in checks]
-    sizes = Counter(keys)
+    sizes: Counter[tuple] = Counter()
+    for key, w in zip(keys, weights, strict=True):
+        sizes[key] += w
     distinct = list(sizes)
     n = len(checks[0]["passed"]) if checks else 0
     codes: dict[str, int] = {}
@@ -244,89 +250,87 @@ def _program_of(problem: Problem, rec: dict) -> str:
     return (problem.prompt if problem.completion_continues_prompt else "") + evaluated_completion(rec)
 
 
+class CheckStage:
+    """`codevalue checks` on the execution engine: each distinct program runs once on its problem's generated
+    tests; features are computed per problem over all its rollouts once everything ran."""
+
+    name = "checks"
+
+    def __init__(self, problems: list[Problem], generated: dict[str, list[str]], limit: int):
+        self.by_id = {p.problem_id: p for p in problems}
+        self.generated = generated  # problem id -> generated asserts (all problems of the tests file)
+        self.limit = limit
+        self.parsed: dict[str, list[str]] = {}
+
+    def settings(self) -> dict[str, Any]:
+        return {"test_timeout": TEST_TIMEOUT, "max_timeouts": MAX_TIMEOUTS, "max_tests": self.limit,
+                "tests": content_key(sorted(self.generated.items()))[:16]}
+
+    def tests_of(self, problem: Problem) -> list[str]:
+        if problem.problem_id not in self.parsed:
+            self.parsed[problem.problem_id] = parse_generated_tests(
+                self.generated.get(problem.problem_id, []), problem.entry_point, self.limit)
+        return self.parsed[problem.problem_id]
+
+    def plan(self, path: Path, line: int, record: dict[str, Any]) -> Plan:
+        if "problem_id" not in record:
+            raise DataError(path, "missing field", line=line, field="problem_id")
+        problem = self.by_id.get(str(record["problem_id"]))
+        if problem is None:
+            raise DataError(path, f"unknown problem {record['problem_id']!r}", line=line, field="problem_id")
+        if not problem.entry_point:
+            raise DataError(path, f"problem {problem.problem_id!r} has no entry point: generated tests are "
+                                  "asserts on a function (HumanEval/MBPP, call-based APPS), not stdin "
+                                  "programs", line=line, field="problem_id")
+        if not isinstance(record.get("completion_truncated", record.get("completion")), str):
+            raise DataError(path, "missing or not a string", line=line, field="completion")
+        tests, program = self.tests_of(problem), _program_of(problem, record)
+        key = content_key("checks", TEST_TIMEOUT, MAX_TIMEOUTS, problem.problem_id, problem.entry_point, tests, program)
+
+        def job() -> Job:
+            nonce = secrets.token_hex(8)
+            source = checks_program(program, tests, problem.entry_point, nonce)
+            deadline = TEST_TIMEOUT * (len(tests) + 2 * MAX_TIMEOUTS) + 5.0
+            return Job(source, "stdin", "script", inputs=[""], timeout=deadline, deadline=deadline + 2.0,
+                       tag=(problem.problem_id, nonce))
+
+        return Plan(problem.problem_id, key, job)
+
+    def judge(self, job: Job, result: ExecutionResult) -> dict[str, Any]:
+        problem_id, nonce = job.tag
+        stdout = result.tests[0].stdout if result.tests else ""
+        return {"checks": parse_check_output(stdout or "", len(self.tests_of(self.by_id[problem_id])), nonce)}
+
+    def row(self, record: dict[str, Any], plan: Plan, fields: dict[str, Any]) -> dict[str, Any]:
+        return {**record, **fields}
+
+
+def _features_per_program(results: dict[str, tuple[dict, int]]) -> dict[str, dict]:
+    keys = list(results)
+    feats = execution_features([results[k][0]["checks"] for k in keys], [results[k][1] for k in keys])
+    return {k: {"check_features": {name: round(v, 6) for name, v in f.items()}}
+            for k, f in zip(keys, feats, strict=True)}
+
+
 def run_checks(labeled: str | os.PathLike, problems: str | os.PathLike | list[Problem], out: str | os.PathLike,
                tests: str | os.PathLike = BUNDLED_TESTS, limit: int = 100, sandbox: SandboxConfig | None = None,
-               progress: bool = True) -> dict[str, Any]:
-    """Run every rollout of `labeled` on its problem's generated tests; write records + checks + features."""
-    from tqdm import tqdm
-
+               progress: bool = True, ray: str | None = None) -> dict[str, Any]:
+    """Run every rollout of `labeled` on its problem's generated tests; write records + checks + features
+    (resumable, on `codevalue.engine`; ray: run on a Ray cluster, `auto`, `local` or `HOST:PORT`)."""
     sandbox = (sandbox or SandboxConfig()).hiding_problems(problems)
     if not isinstance(problems, list):
         problems = load_problems(problems)
-    by_id = {p.problem_id: p for p in problems}
     texts: dict[str, list[str]] = defaultdict(list)
     for line, rec in read_jsonl(tests):
         for name in ("task_id", "text"):
             if name not in rec:
                 raise DataError(tests, "missing field", line=line, field=name)
         texts[str(rec["task_id"])].append(str(rec["text"]))
-    numbered = list(read_jsonl(labeled))
-    for line, rec in numbered:
-        for name in ("problem_id", "rollout_id"):
-            if name not in rec:
-                raise DataError(labeled, "missing field", line=line, field=name)
-        problem = by_id.get(str(rec["problem_id"]))
-        if problem is None:
-            raise DataError(labeled, f"unknown problem {rec['problem_id']!r}", line=line, field="problem_id")
-        if not problem.entry_point:
-            raise DataError(labeled, f"problem {problem.problem_id!r} has no entry point: generated tests are "
-                                     "asserts on a function (HumanEval/MBPP, call-based APPS), not stdin "
-                                     "programs", line=line, field="problem_id")
-    records = [rec for _, rec in numbered]
-    generated = {pid: parse_generated_tests(texts.get(pid, []), by_id[pid].entry_point, limit)
-                 for pid in {str(r["problem_id"]) for r in records}}
-
-    out = Path(out)
-    current = {str(r["rollout_id"]): r for r in records}
-
-    def still_valid(row: dict) -> bool:  # same program, same number of tests as now
-        rec = current.get(str(row.get("rollout_id")))
-        return (rec is not None and "checks" in row and evaluated_completion(row) == evaluated_completion(rec)
-                and len(row["checks"]["passed"]) == len(generated[str(rec["problem_id"])]))
-
-    done = {str(r["rollout_id"]): r for r in read_completed_lines(out) if still_valid(r)}
-    resumed = len(done)
-    waiting: dict[tuple[str, str], list[dict]] = defaultdict(list)
-    jobs: list[Job] = []
-    nonces: dict[tuple[str, str], str] = {}
-    for rec in records:
-        if str(rec["rollout_id"]) in done:
-            continue
-        pid = str(rec["problem_id"])
-        key = (pid, _program_of(by_id[pid], rec))
-        if key not in waiting:
-            n = len(generated[pid])
-            nonces[key] = secrets.token_hex(8)
-            source = checks_program(key[1], generated[pid], by_id[pid].entry_point, nonces[key])
-            deadline = TEST_TIMEOUT * (n + 2 * MAX_TIMEOUTS) + 5.0
-            jobs.append(Job(source, "stdin", "script", inputs=[""], timeout=deadline, deadline=deadline + 2.0,
-                            tag=key))
-        waiting[key].append(rec)
-
-    start = time.monotonic()
-    with Sandbox(sandbox) as box, JsonlAppender(out) as sink:
-        bar = tqdm(total=len(records), initial=len(done), unit="rollout", disable=not progress, desc="checks",
-                   dynamic_ncols=True, mininterval=0.5 if sys.stderr.isatty() else 15)
-        for job, result in box.map(jobs):
-            n = len(generated[job.tag[0]])
-            stdout = result.tests[0].stdout if result.tests else ""
-            checks = parse_check_output(stdout or "", n, nonces[job.tag])
-            for rec in waiting.pop(job.tag):
-                row = {**rec, "checks": checks}
-                sink.write(row)
-                done[str(rec["rollout_id"])] = row
-                bar.update(1)
-        bar.close()
-
-    ordered = [done[str(rec["rollout_id"])] for rec in records]
-    by_problem: dict[str, list[dict]] = defaultdict(list)
-    for row in ordered:
-        by_problem[str(row["problem_id"])].append(row)
-    for rows in by_problem.values():
-        for row, feats in zip(rows, execution_features([r["checks"] for r in rows]), strict=True):
-            row["check_features"] = {k: round(v, 6) for k, v in feats.items()}
-    write_jsonl(out, ordered)
-    return {"rollouts": len(ordered), "programs_run": len(jobs), "resumed": resumed,
-        "tests_per_problem": sorted(len(t) for t in generated.values())[len(generated) // 2],
-        "problems_without_tests": sum(not t for t in generated.values()),
-        "wall_seconds": round(time.monotonic() - start, 1), "out": str(out)}
+    stage = CheckStage(problems, dict(texts), limit)
+    summary = run_stage(stage, labeled, out, sandbox, ray=ray, progress=progress,
+                        group_fields=_features_per_program)
+    counts = sorted(len(stage.tests_of(stage.by_id[pid])) for pid in stage.parsed)
+    summary.update({"programs_run": summary["executed_programs"],
+                    "tests_per_problem": counts[len(counts) // 2] if counts else 0,
+                    "problems_without_tests": sum(not n for n in counts)})
+    return summary

@@ -13,10 +13,42 @@ CODET_PUBLISHED = {"random pick (CodeT paper)": 22.8, "greedy": 29.7, "CodeT": 3
                    "Coder-Reviewer": 42.6, "SRank": 43.1}
 
 
+def _count(minimum: int):
+    """argparse type: an integer >= minimum, with a one-line error otherwise."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+
+    return parse
+
+
+def _seconds(text: str) -> float:
+    """argparse type: a positive number of seconds."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+    return value
+
+
+def _add_ray_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--ray", metavar="ADDRESS",
+                   help="run the programs on a Ray cluster: auto (an existing one), local (start one here) or "
+                        "HOST:PORT; one sandbox actor per node (needs pip install 'codevalue[ray]')")
+
+
 def _add_sandbox_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--workers", type=int, default=0, help="sandbox worker processes (default: one per core)")
-    p.add_argument("--memory-mb", type=int, default=2048, help="memory a program may use (default 2048)")
-    p.add_argument("--output-limit", type=int, default=4 * 2**20,
+    p.add_argument("--workers", type=_count(0), default=0, help="sandbox worker processes (default: one per core)")
+    p.add_argument("--memory-mb", type=_count(1), default=2048, help="memory a program may use (default 2048)")
+    p.add_argument("--output-limit", type=_count(1), default=4 * 2**20,
                    help="characters of output per test before it is cut off (default 4 MiB)")
 
 
@@ -33,7 +65,7 @@ def cmd_label(args: argparse.Namespace) -> int:
     config = LabelConfig(mode=args.mode, timeout=args.timeout, program_timeout=args.program_timeout,
                          stop=parse_stop(args.stop), sandbox=_sandbox_config(args))
     summary = label_rollouts(args.problems, args.rollouts, args.out, config, progress=not args.quiet,
-                             problem_format=args.format)
+                             problem_format=args.format, ray=args.ray)
     _print_summary(summary)
     return 0
 
@@ -45,6 +77,11 @@ def _print_summary(summary: dict) -> None:
     print(f"pass rate {100 * summary['pass_rate']:.1f}%  verdicts: "
           + ", ".join(f"{k} {v}" for k, v in summary["verdicts"].items()))
     print(f"sandbox: {summary['sandbox']['description']}")
+    nodes = summary["executor"]["nodes"]
+    if summary["executor"]["kind"] != "local":
+        print(f"executor: {summary['executor']['kind']}, {len(nodes)} nodes: "
+              + ", ".join(f"{node[:12]} {n}" for node, n in nodes.items()))
+    print(f"-> {summary['out']} (+ .meta.json, .programs.jsonl)")
 
 
 def cmd_problems(args: argparse.Namespace) -> int:
@@ -234,7 +271,8 @@ def cmd_checks(args: argparse.Namespace) -> int:
     from .checks import BUNDLED_TESTS, run_checks
 
     summary = run_checks(args.labeled, args.problems, args.out, tests=args.tests or BUNDLED_TESTS,
-                         limit=args.max_tests, sandbox=_sandbox_config(args), progress=not args.quiet)
+                         limit=args.max_tests, sandbox=_sandbox_config(args), progress=not args.quiet,
+                         ray=args.ray)
     print(f"checked {summary['rollouts']} rollouts ({summary['programs_run']} programs run, median "
           f"{summary['tests_per_problem']} generated tests per problem, {summary['problems_without_tests']} "
           f"problems without any, {summary['wall_seconds']} s) -> {summary['out']}")
@@ -285,13 +323,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", default="apps", choices=["apps", "lcb", "strict"],
                    help="APPS output comparison: apps = the reference harness verdict for verdict; "
                         "lcb = LiveCodeBench; strict = exact lines (default apps)")
-    p.add_argument("--timeout", type=float, help="seconds per test (default 3 HumanEval/MBPP, 4 APPS)")
-    p.add_argument("--program-timeout", type=float,
+    p.add_argument("--timeout", type=_seconds, help="seconds per test (default 3 HumanEval/MBPP, 4 APPS)")
+    p.add_argument("--program-timeout", type=_seconds,
                    help="wall seconds for a whole program (default: timeout+1; 11 in apps mode)")
     p.add_argument("--stop", action="append", default=[],
                    help="truncate completions at this sequence (repeatable; 'codex' = the Codex list)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_sandbox_options(p)
+    _add_ray_option(p)
     p.set_defaults(func=cmd_label)
 
     p = sub.add_parser("targets", help="per-prefix value targets from labelled rollouts")
@@ -332,10 +371,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("labeled", help="`codevalue label` output (its `passed` is only carried along)")
     p.add_argument("--problems", required=True, help="the problems (HumanEval/MBPP layout)")
     p.add_argument("--tests", help="generated tests JSONL (task_id, text); default: the bundled CodeGen-16B ones")
-    p.add_argument("--max-tests", type=int, default=100, help="generated tests kept per problem")
+    p.add_argument("--max-tests", type=_count(1), default=100, help="generated tests kept per problem")
     p.add_argument("-o", "--out", required=True, help="checked JSONL to write (resumed if it exists)")
     p.add_argument("--quiet", action="store_true")
     _add_sandbox_options(p)
+    _add_ray_option(p)
     p.set_defaults(func=cmd_checks)
 
     p = sub.add_parser("pretrain", help="language-model warm start of a tiny backbone on local Python code")

@@ -9,32 +9,28 @@ Output: one line per rollout, its input fields plus
   - mode: the comparison mode used ("humaneval" for HumanEval/MBPP problems)
   - completion_truncated: only when --stop cut the completion: the text that was run, which later
     stages (targets, training, scoring) read instead of `completion`
-A sidecar LABELED.meta.json records the settings and the isolation that was in force.
+Sidecars: LABELED.meta.json records the settings, the executor (what ran where) and the isolation that was
+in force; LABELED.programs.jsonl holds one result per distinct program as it finishes.
 
-The job is resumable: rollouts already in the output are skipped, results are appended as they finish
-(a crash or SIGKILL loses at most the programs in flight), and the finished file is rewritten in input
-order. Identical programs of the same problem run once.
+The job runs on `codevalue.engine`: identical programs of the same problem run once, a crash or SIGKILL loses
+at most the programs in flight, running the same command again finishes the job (a result is reused only if
+problem tests, program text and settings are unchanged), and the output is written in input order at the end.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import signal
-import sys
-import time
-from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .compare import MODES, compare_call_result, compare_stdout
+from .engine import Plan, content_key, run_stage
 from .errors import CodevalueError, DataError
-from .jsonl import JsonlAppender, read_completed_lines, write_jsonl
 from .problems import Problem, load_problems
-from .rollouts import Rollout, program_for, read_rollouts, truncate_at_stop
-from .sandbox import ExecutionResult, Job, Sandbox, SandboxConfig, TestOutcome, describe_isolation
+from .rollouts import program_for, truncate_at_stop
+from .sandbox import ExecutionResult, Job, SandboxConfig, TestOutcome
 
 VERDICTS = ("pass", "wrong_answer", "runtime_error", "timeout", "syntax_error", "memory_exceeded",
             "infra_error")
@@ -52,6 +48,12 @@ class LabelConfig:
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise CodevalueError(f"unknown mode {self.mode!r}; choose one of {', '.join(MODES)}")
+        for name in ("timeout", "program_timeout"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise CodevalueError(f"--{name.replace('_', '-')} must be a positive number of seconds, not {value}")
+        if any(s == "" for s in self.stop):
+            raise CodevalueError("--stop '' would cut every completion to nothing; give a non-empty sequence")
 
 
 @dataclass
@@ -157,99 +159,80 @@ def judge(problem: Problem, result: ExecutionResult, mode: str) -> Label:
     return Label(first["verdict"], False, passed, total, first, mode)
 
 
-def _program_key(problem_id: str, program: str) -> str:
-    return hashlib.sha256(f"{problem_id}\0{program}".encode()).hexdigest()
+def problem_fingerprint(problem: Problem) -> str:
+    """What a verdict depends on besides the program: the tests (inputs and expected outputs), the check code,
+    the entry point. A resumed label is reused only when this is unchanged."""
+    return content_key(problem.kind, problem.check_code, problem.entry_point,
+                       [[t.input, t.output] for t in problem.tests])
+
+
+class LabelStage:
+    """`codevalue label` on the execution engine: one verdict per distinct (problem, program)."""
+
+    name = "label"
+
+    def __init__(self, problems: list[Problem], config: LabelConfig):
+        self.config = config
+        self.by_id = {p.problem_id: p for p in problems}
+        self._fingerprints: dict[str, str] = {}
+        c = config
+        self.verdict_settings = {"mode": c.mode, "timeout": c.timeout, "program_timeout": c.program_timeout,
+                                 "stop": list(c.stop)}
+        self.problems_digest = content_key(sorted(problem_fingerprint(p) for p in problems))[:16]
+
+    def settings(self) -> dict[str, Any]:
+        return {**self.verdict_settings, "problems_digest": self.problems_digest}
+
+    def fingerprint(self, problem: Problem) -> str:
+        if problem.problem_id not in self._fingerprints:
+            self._fingerprints[problem.problem_id] = problem_fingerprint(problem)
+        return self._fingerprints[problem.problem_id]
+
+    def plan(self, path: Path, line: int, record: dict[str, Any]) -> Plan:
+        for name in ("problem_id", "completion"):
+            if name not in record:
+                raise DataError(path, "missing field", line=line, field=name)
+        if not isinstance(record["completion"], str):
+            raise DataError(path, f"expected a string, got {type(record['completion']).__name__}", line=line,
+                            field="completion")
+        problem = self.by_id.get(str(record["problem_id"]))
+        if problem is None:
+            raise DataError(path, f"unknown problem {record['problem_id']!r} (not in the problems file)",
+                            line=line, field="problem_id")
+        config, completion = self.config, record["completion"]
+        extra = {}
+        if config.stop and (cut := truncate_at_stop(completion, config.stop)) != completion:
+            extra["completion_truncated"] = cut
+        if problem.n_tests == 0:  # labelled without running
+            fields = judge(problem, ExecutionResult("missing"), config.mode).to_dict()
+            return Plan(problem.problem_id, "", None, fields, extra)
+        program = program_for(problem, completion, config.stop)
+        key = content_key("label", self.verdict_settings, problem.problem_id, self.fingerprint(problem), program)
+
+        def job() -> Job:
+            made = make_job(problem, program, config)
+            made.tag = problem.problem_id
+            return made
+
+        return Plan(problem.problem_id, key, job, None, extra)
+
+    def judge(self, job: Job, result: ExecutionResult) -> dict[str, Any]:
+        return judge(self.by_id[job.tag], result, self.config.mode).to_dict()
+
+    def row(self, record: dict[str, Any], plan: Plan, fields: dict[str, Any]) -> dict[str, Any]:
+        return {**record, **fields, **plan.extra}
 
 
 def label_rollouts(problems: str | os.PathLike | list[Problem], rollouts: str | os.PathLike,
                    out: str | os.PathLike, config: LabelConfig | None = None, progress: bool = True,
-                   problem_format: str | None = None) -> dict[str, Any]:
-    """Label every rollout in `rollouts`, appending to `out`; returns a summary (also in out.meta.json)."""
-    from tqdm import tqdm
+                   problem_format: str | None = None, ray: str | None = None) -> dict[str, Any]:
+    """Label every rollout in `rollouts` into `out` (resumable); returns a summary (also in out.meta.json).
 
+    ray: run the programs on a Ray cluster (`auto`, `local` or `HOST:PORT`) instead of this machine.
+    """
     config = config or LabelConfig()
-    out = Path(out)
     sandbox_config = config.sandbox.hiding_problems(problems)
     if not isinstance(problems, list):
         problems = load_problems(problems, format=problem_format)
-    by_id = {p.problem_id: p for p in problems}
-    todo: list[Rollout] = []
-    all_rollouts = list(read_rollouts(rollouts))
-    for r in all_rollouts:  # validate everything before running anything
-        if r.problem_id not in by_id:
-            raise DataError(rollouts, f"unknown problem {r.problem_id!r} (not in the problems file)",
-                            line=r.line, field="problem_id")
-    meta = out.with_name(out.name + ".meta.json")
-    settings = {"mode": config.mode, "timeout": config.timeout, "program_timeout": config.program_timeout,
-                "stop": list(config.stop)}
-    done = {str(rec.get("rollout_id")): rec for rec in read_completed_lines(out)}
-    if done and meta.exists():  # resuming: the finished labels must mean the same thing as the new ones
-        before = {k: json.loads(meta.read_text()).get(k) for k in settings}
-        if before != settings:
-            raise CodevalueError(f"{out} was labelled with {before}, not {settings}; "
-                                 "use another --out (or delete it) to relabel")
-    meta.write_text(json.dumps({**settings, "complete": False}, indent=2) + "\n")
-    todo = [r for r in all_rollouts if r.rollout_id not in done]
-    untestable = [r for r in todo if by_id[r.problem_id].n_tests == 0]  # labelled without running
-
-    # One job per distinct (problem, program); every rollout with that program shares its label.
-    waiting: dict[str, list[Rollout]] = {}
-    jobs: list[Job] = []
-    truncated: dict[str, str] = {}
-    for r in todo:
-        if by_id[r.problem_id].n_tests == 0:
-            continue
-        program = program_for(by_id[r.problem_id], r.completion, config.stop)
-        if config.stop and (cut := truncate_at_stop(r.completion, config.stop)) != r.completion:
-            truncated[r.rollout_id] = cut
-        key = _program_key(r.problem_id, program)
-        if key not in waiting:
-            waiting[key] = []
-            job = make_job(by_id[r.problem_id], program, config)
-            job.tag = (key, r.problem_id)
-            jobs.append(job)
-        waiting[key].append(r)
-
-    start = time.monotonic()
-    cpu = 0.0
-    with Sandbox(sandbox_config) as box, JsonlAppender(out) as sink:
-        isolation = box.isolation
-        for r in untestable:
-            record = {**r.record, **judge(by_id[r.problem_id], ExecutionResult("missing"), config.mode).to_dict()}
-            sink.write(record)
-            done[r.rollout_id] = record
-        bar = tqdm(total=len(all_rollouts), initial=len(done), unit="rollout", disable=not progress,
-                   desc="label", dynamic_ncols=True, mininterval=0.5 if sys.stderr.isatty() else 15)
-        for job, result in box.map(jobs):
-            key, problem_id = job.tag
-            label = judge(by_id[problem_id], result, config.mode).to_dict()
-            cpu += result.cpu_seconds
-            for r in waiting.pop(key):
-                record = {**r.record, **label}
-                if r.rollout_id in truncated:
-                    record["completion_truncated"] = truncated[r.rollout_id]
-                sink.write(record)
-                done[r.rollout_id] = record
-                bar.update(1)
-        bar.close()
-    wall = time.monotonic() - start
-
-    ordered = [done[r.rollout_id] for r in all_rollouts]
-    write_jsonl(out, ordered)  # atomic rewrite in input order now that every rollout has its label
-    verdicts = Counter(rec["verdict"] for rec in ordered)
-    summary = {
-        "rollouts": len(ordered),
-        "problems": len({r.problem_id for r in all_rollouts}),
-        "executed_programs": len(jobs),
-        "resumed": len(all_rollouts) - len(todo),
-        "pass_rate": sum(rec["passed"] for rec in ordered) / max(1, len(ordered)),
-        "verdicts": dict(verdicts.most_common()),
-        "wall_seconds": round(wall, 2),
-        "program_cpu_seconds": round(cpu, 2),
-        **settings,
-        "complete": True,
-        "sandbox": {**asdict(config.sandbox), "isolation": isolation,
-                    "description": describe_isolation(isolation)},
-    }
-    meta.write_text(json.dumps(summary, indent=2) + "\n")
-    return json.loads(meta.read_text())  # exactly what the sidecar says (tuples become lists)
+    stage = LabelStage(problems, config)
+    return run_stage(stage, rollouts, out, sandbox_config, ray=ray, progress=progress)

@@ -128,11 +128,13 @@ def test_run_checks_in_the_sandbox(tmp_path):
 def test_run_checks_resumes_without_rerunning(tmp_path):
     labeled, tests = _write(tmp_path, ROLLOUTS[:3])
     out = tmp_path / "checked.jsonl"
-    first = out.read_text() if out.exists() else None
-    assert first is None
     run_checks(labeled, [_problem()], out, tests=tests, sandbox=SandboxConfig(workers=1), progress=False)
     lines = out.read_text().splitlines()
-    out.write_text("\n".join(lines[:2]) + "\n" + lines[2][:10])  # as if killed mid-write of the last line
+    log = tmp_path / "checked.jsonl.programs.jsonl"
+    done = log.read_text().splitlines()
+    assert len(done) == 3
+    log.write_text("\n".join(done[:2]) + "\n" + done[2][:10])  # as if killed mid-write of the last result
+    out.unlink()
     summary = run_checks(labeled, [_problem()], out, tests=tests, sandbox=SandboxConfig(workers=1),
                          progress=False)
     assert summary["resumed"] == 2 and summary["programs_run"] == 1

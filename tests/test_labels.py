@@ -361,8 +361,10 @@ def test_label_meta_sidecar(labelled):
     assert sandbox["workers"] == 2
     assert isinstance(sandbox["isolation"], dict) and "rlimits" in sandbox["isolation"]
     assert "rlimits" in sandbox["description"]
-    assert sorted(p.name for p in out.parent.iterdir()) == ["labelled.jsonl", "labelled.jsonl.meta.json",
-                                                            "rollouts.jsonl"]  # no .tmp left behind
+    assert meta["executor"]["kind"] == "local"
+    assert sum(meta["executor"]["nodes"].values()) == meta["executed_programs"]
+    assert sorted(p.name for p in out.parent.iterdir()) == [
+        "labelled.jsonl", "labelled.jsonl.meta.json", "labelled.jsonl.programs.jsonl", "rollouts.jsonl"]  # no .tmp
 
 
 def _read(path: Path):
@@ -405,25 +407,23 @@ def test_resume_after_an_interrupted_run(tmp_path):
     rollouts = tmp_path / "r.jsonl"
     records = _he_rollouts(rollouts, n)
     out = tmp_path / "out.jsonl"
+    log = tmp_path / "out.jsonl.programs.jsonl"
     config = LabelConfig(sandbox=SandboxConfig(workers=2))
     first = label_rollouts("humaneval", rollouts, out, config, progress=False)
     assert (first["rollouts"], first["executed_programs"], first["resumed"]) == (n, n, 0)
     full = [r for _, r in _read(out)]
     assert [r["verdict"] for r in full] == ["pass"] * n
     assert [r["rollout_id"] for r in full] == [r["rollout_id"] for r in records]
+    assert len(log.read_text().splitlines()) == n  # one result per distinct program
 
-    # An interrupted run: k records made it to disk (marked, to show they are not relabelled),
-    # then a torn line.
-    kept = [{**r, "from_first_run": True} for r in full[:k]]
-    torn = json.dumps(full[k])[:25]
-    out.write_text("".join(json.dumps(r) + "\n" for r in kept) + torn)
-    out.with_name(out.name + ".meta.json").unlink()
+    # An interrupted run: k program results made it to disk, then a torn line; the output was never written.
+    lines = log.read_text().splitlines(keepends=True)
+    log.write_text("".join(lines[:k]) + lines[k][:25])
+    out.unlink()
     second = label_rollouts("humaneval", rollouts, out, config, progress=False)
     assert (second["rollouts"], second["executed_programs"], second["resumed"]) == (n, n - k, k)
-    final = [r for _, r in _read(out)]
-    assert final == kept + full[k:]  # exactly n records, input order, torn line gone
-    assert len(out.read_text().splitlines()) == n
-    assert out.with_name(out.name + ".meta.json").exists()
+    assert [r for _, r in _read(out)] == full  # exactly n records, input order
+    assert len(log.read_text().splitlines()) == n  # torn line cut, the rest appended
 
     # A finished output: nothing left to run, file unchanged.
     before = out.read_bytes()

@@ -1,0 +1,210 @@
+"""The execution engine: nothing finished is lost, nothing stale is reused, bad arguments get one clear line.
+
+Programs run only through the project's sandbox (via `label_rollouts` / the `codevalue` command).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from codevalue.cli import main
+from codevalue.engine import content_key
+from codevalue.errors import CodevalueError, DataError
+from codevalue.labels import LabelConfig, label_rollouts
+from codevalue.problems import Problem
+from codevalue.sandbox import SandboxConfig
+
+CONFIG = LabelConfig(sandbox=SandboxConfig(workers=2))
+
+
+def _problem(pid: str = "T/0", expected: int = 2) -> Problem:
+    return Problem(pid, "humaneval", "check", prompt="def inc(x):\n",
+                   check_code=f"def check(f):\n    assert f(1) == {expected}\ncheck(inc)", entry_point="inc",
+                   completion_continues_prompt=True)
+
+
+def _write(path: Path, rows: list[tuple[str, str]], pid: str = "T/0") -> Path:
+    path.write_text("".join(json.dumps({"problem_id": pid, "rollout_id": r, "completion": c}) + "\n"
+                            for r, c in rows))
+    return path
+
+
+RIGHT, WRONG = "    return x + 1\n", "    return x * 3\n"
+
+
+def _rows(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_another_rollouts_file_into_an_existing_output_is_refused(tmp_path):
+    a = _write(tmp_path / "a.jsonl", [("a1", RIGHT), ("a2", WRONG)])
+    b = _write(tmp_path / "b.jsonl", [("b1", RIGHT)])
+    out = tmp_path / "o.jsonl"
+    label_rollouts([_problem()], a, out, CONFIG, progress=False)
+    before = out.read_bytes()
+    with pytest.raises(CodevalueError, match=r"already holds 2 rollouts that are not in .*b\.jsonl"):
+        label_rollouts([_problem()], b, out, CONFIG, progress=False)
+    assert out.read_bytes() == before  # the labels of a are still there
+
+
+def test_an_empty_rollouts_file_does_not_wipe_an_output(tmp_path):
+    a = _write(tmp_path / "a.jsonl", [("a1", RIGHT)])
+    out = tmp_path / "o.jsonl"
+    label_rollouts([_problem()], a, out, CONFIG, progress=False)
+    before = out.read_bytes()
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    with pytest.raises(CodevalueError, match="already holds 1 rollouts"):
+        label_rollouts([_problem()], empty, out, CONFIG, progress=False)
+    assert out.read_bytes() == before
+
+
+def test_an_edited_completion_is_labelled_again(tmp_path):
+    rollouts = _write(tmp_path / "r.jsonl", [("r1", RIGHT), ("r2", RIGHT)])
+    out = tmp_path / "o.jsonl"
+    label_rollouts([_problem()], rollouts, out, CONFIG, progress=False)
+    assert [r["verdict"] for r in _rows(out)] == ["pass", "pass"]
+    _write(rollouts, [("r1", WRONG), ("r2", RIGHT)])  # same ids, r1's program changed
+    summary = label_rollouts([_problem()], rollouts, out, CONFIG, progress=False)
+    assert (summary["executed_programs"], summary["resumed"]) == (1, 1)
+    assert [(r["completion"], r["verdict"]) for r in _rows(out)] == [(WRONG, "wrong_answer"), (RIGHT, "pass")]
+
+
+def test_other_tests_for_a_problem_are_never_answered_from_old_results(tmp_path):
+    rollouts = _write(tmp_path / "r.jsonl", [("r1", RIGHT)])
+    out = tmp_path / "o.jsonl"
+    label_rollouts([_problem(), _problem("T/1")], rollouts, out, CONFIG, progress=False)
+    assert _rows(out)[0]["verdict"] == "pass"
+    changed = [_problem(expected=3), _problem("T/1")]  # T/0 now expects inc(1) == 3
+    with pytest.raises(CodevalueError, match="other settings .*problems_digest"):
+        label_rollouts(changed, rollouts, out, CONFIG, progress=False)
+    assert _rows(out)[0]["verdict"] == "pass"  # refused: untouched
+    out.unlink()
+    summary = label_rollouts(changed, rollouts, out, CONFIG, progress=False)
+    assert (summary["executed_programs"], summary["resumed"]) == (1, 0)
+    assert _rows(out)[0]["verdict"] == "wrong_answer"
+
+
+def test_other_verdict_settings_are_refused_for_an_existing_output(tmp_path):
+    rollouts = _write(tmp_path / "r.jsonl", [("r1", RIGHT)])
+    out = tmp_path / "o.jsonl"
+    label_rollouts([_problem()], rollouts, out, CONFIG, progress=False)
+    with pytest.raises(CodevalueError, match=r"timeout: None -> 1\.5"):
+        label_rollouts([_problem()], rollouts, out, LabelConfig(timeout=1.5, sandbox=CONFIG.sandbox), progress=False)
+
+
+def test_output_in_a_missing_directory_is_created(tmp_path):
+    rollouts = _write(tmp_path / "r.jsonl", [("r1", RIGHT)])
+    out = tmp_path / "new" / "deeper" / "o.jsonl"
+    summary = label_rollouts([_problem()], rollouts, out, CONFIG, progress=False)
+    assert summary["rollouts"] == 1 and _rows(out)[0]["verdict"] == "pass"
+    assert out.with_name("o.jsonl.meta.json").exists()
+
+
+def test_output_equal_to_input_is_refused(tmp_path):
+    rollouts = _write(tmp_path / "r.jsonl", [("r1", RIGHT)])
+    before = rollouts.read_bytes()
+    with pytest.raises(CodevalueError, match="is the input file"):
+        label_rollouts([_problem()], rollouts, rollouts, CONFIG, progress=False)
+    assert rollouts.read_bytes() == before
+
+
+def test_duplicate_rollout_ids_are_refused_before_running(tmp_path):
+    rollouts = _write(tmp_path / "r.jsonl", [("r1", RIGHT), ("r1", WRONG)])
+    with pytest.raises(DataError, match=r"record 2, field 'rollout_id': duplicate rollout_id 'r1'"):
+        label_rollouts([_problem()], rollouts, tmp_path / "o.jsonl", CONFIG, progress=False)
+    assert not (tmp_path / "o.jsonl.programs.jsonl").exists()
+
+
+def test_identical_programs_run_once_and_every_rollout_gets_one_row(tmp_path):
+    rows = [(f"r{i}", RIGHT if i % 3 else WRONG) for i in range(12)]
+    rollouts = _write(tmp_path / "r.jsonl", rows)
+    out = tmp_path / "o.jsonl"
+    summary = label_rollouts([_problem()], rollouts, out, CONFIG, progress=False)
+    assert (summary["executed_programs"], summary["distinct_programs"]) == (2, 2)
+    assert [r["rollout_id"] for r in _rows(out)] == [r for r, _ in rows]
+    assert [r["passed"] for r in _rows(out)] == [bool(i % 3) for i in range(12)]
+    assert len((tmp_path / "o.jsonl.programs.jsonl").read_text().splitlines()) == 2
+
+
+def test_content_key_separates_every_part():
+    assert content_key("a", "bc") != content_key("ab", "c")
+    assert content_key({"x": 1, "y": 2}) == content_key({"y": 2, "x": 1})
+    assert content_key("p", None) != content_key("p", "")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--workers", "-3"], "--workers: must be at least 0, got -3"),
+    (["--timeout", "-1"], "--timeout: must be positive, got -1"),
+    (["--program-timeout", "0"], "--program-timeout: must be positive, got 0"),
+    (["--memory-mb", "0"], "--memory-mb: must be at least 1, got 0"),
+])
+def test_bad_label_arguments_get_one_line(tmp_path, capsys, args, message):
+    rollouts = _write(tmp_path / "r.jsonl", [("r1", RIGHT)])
+    with pytest.raises(SystemExit) as e:
+        main(["label", "--problems", "humaneval", "--rollouts", str(rollouts), "--out", str(tmp_path / "o.jsonl"),
+              *args])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert not (tmp_path / "o.jsonl").exists()
+
+
+def test_empty_stop_sequence_and_output_on_input_are_one_line_errors(tmp_path, capsys):
+    rollouts = _write(tmp_path / "r.jsonl", [("r1", RIGHT)])
+    base = ["label", "--problems", "humaneval", "--rollouts", str(rollouts)]
+    assert main([*base, "--out", str(tmp_path / "o.jsonl"), "--stop", ""]) == 2
+    assert "--stop ''" in capsys.readouterr().err
+    assert main([*base, "--out", str(rollouts)]) == 2
+    err = capsys.readouterr().err
+    assert "is the input file" in err and len(err.strip().splitlines()) == 1
+
+
+def _problems_file(path: Path, n: int) -> Path:
+    """HumanEval-layout problems whose rollouts each take ~0.3 s, so a run can be interrupted mid-way."""
+    path.write_text("".join(json.dumps({
+        "task_id": f"S/{i}", "prompt": "import time\ndef f():\n", "entry_point": "f",
+        "test": "def check(c):\n    time.sleep(0.3)\n    assert c() == 1\n"}) + "\n" for i in range(n)))
+    return path
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT])
+def test_an_interrupted_label_keeps_every_finished_program(tmp_path, sig):
+    n = 24
+    problems = _problems_file(tmp_path / "problems.jsonl", n)
+    rollouts = tmp_path / "r.jsonl"
+    rollouts.write_text("".join(json.dumps({"problem_id": f"S/{i}", "rollout_id": f"r{i}",
+                                            "completion": "    return 1\n"}) + "\n" for i in range(n)))
+    out, log = tmp_path / "o.jsonl", tmp_path / "o.jsonl.programs.jsonl"
+    command = [sys.executable, "-m", "codevalue", "label", "--problems", str(problems), "--rollouts",
+               str(rollouts), "--out", str(out), "--workers", "2", "--quiet"]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if log.exists() and len(log.read_bytes().splitlines()) >= 4:
+            break
+        time.sleep(0.05)
+    os.kill(proc.pid, sig)
+    _, err = proc.communicate(timeout=60)
+    finished = len([line for line in log.read_bytes().split(b"\n")[:-1] if line])
+    assert 4 <= finished < n, err.decode()  # killed mid-run, with finished results on disk (not in a buffer)
+    assert not out.exists()
+    if sig == signal.SIGINT:
+        assert proc.returncode == 130 and b"rerun the same command to resume" in err
+
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    meta = json.loads(out.with_name("o.jsonl.meta.json").read_text())
+    assert meta["executed_programs"] == n - finished and meta["resumed"] == finished
+    assert [r["rollout_id"] for r in _rows(out)] == [f"r{i}" for i in range(n)]
+    assert all(r["verdict"] == "pass" for r in _rows(out))
+    keys = [json.loads(line)["key"] for line in log.read_text().splitlines()]
+    assert len(keys) == len(set(keys)) == n  # every program once, none lost, none run twice
