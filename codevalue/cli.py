@@ -217,11 +217,16 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     targs = _training_args(args, Path(args.out) / "checkpoints", args.save_checkpoints)
     meta = train_value_model(args.targets, args.out, targs, base=args.base, tiny=args.tiny, resume=args.resume)
+    if targs.process_index != 0:  # launched on several processes: rank 0 reports
+        return 0
     m = meta["metrics"]
     print(f"trained {meta['backbone']} ({meta['parameters']:,} parameters, {meta['trainable']}) on "
           f"{meta['train_examples']} rollouts / {meta['train_tokens']:,} tokens in {meta['train_seconds']} s; "
           f"train loss {m.get('train_loss')}, eval loss {m.get('eval_loss')} on {len(meta['eval_problems'])} "
           f"held-out problems -> {args.out}")
+    if meta["processes"] > 1:
+        print(f"{meta['processes']} processes, global batch {meta['global_batch_size']}, "
+              f"{meta['optimizer_steps']} optimizer steps")
     return 0
 
 

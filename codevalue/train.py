@@ -1,7 +1,8 @@
 """Train a value model with transformers.Trainer: per-token BCE on prefix value targets.
 
     codevalue train TARGETS.jsonl --tiny 4m -o runs/vm [--epochs 2] [--train-last-layers 12 | --lora-r 8]
-    accelerate launch -m codevalue.cli train ...      # several GPUs; bf16 with --bf16
+    accelerate launch --multi_gpu --num_processes N -m codevalue train ...   # DDP: N GPUs, or N CPU processes (gloo)
+    accelerate launch --config_file configs/accelerate_zero3.yaml -m codevalue train ...   # DeepSpeed ZeRO-3
 
 Only the Trainer's `compute_loss` is ours: BCE between sigmoid(value logit) and the soft targets of
 `codevalue targets` on completion tokens (prompt and padding masked with -100), plus an optional
@@ -82,7 +83,30 @@ class ValueTrainingArguments(TrainingArguments):
         self.report_to = self.report_to if self.report_to not in (None, "all") else "none"
         self.remove_unused_columns = False
         self.label_names = ["value_labels"]
+        if launched_processes() > 1 and not torch.accelerator.is_available():
+            self.use_cpu = True  # several processes and no GPU: accelerate's CPU state, DDP over gloo
         super().__post_init__()
+
+
+_WORLD_SIZE_VARS = ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")  # torchrun, MPIs
+
+
+def launched_processes() -> int:
+    """How many processes the launcher started (torchrun / `accelerate launch` / mpirun), 1 when none."""
+    return max([int(os.environ.get(v) or 1) for v in _WORLD_SIZE_VARS])
+
+
+def check_launch() -> None:
+    """Refuse the one launch that silently trains alone: `accelerate launch --cpu --num_processes N` without
+    `--mpirun_hostfile` starts ONE process (accelerate runs several CPU processes only through MPI), which
+    would train with a 1/N global batch while the user believes N ranks share the data."""
+    asked_cpu = os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")
+    if asked_cpu and "MASTER_PORT" in os.environ and launched_processes() == 1:
+        raise CodevalueError(
+            "`accelerate launch --cpu --num_processes N` started a single process (accelerate needs "
+            "--mpirun_hostfile for several CPU processes); use `accelerate launch --multi_gpu --num_processes N "
+            "-m codevalue train ...` (DDP over gloo when there is no GPU) or `torchrun --nproc-per-node N -m "
+            "codevalue train ...`")
 
 
 def load_examples(path: str | os.PathLike) -> list[dict[str, Any]]:
@@ -253,6 +277,7 @@ def train_value_model(examples: str | os.PathLike | list[dict], output_dir: str 
     """Train on `codevalue targets` output and save a standard HF checkpoint (+ codevalue.json)."""
     if base and tiny:
         raise CodevalueError("give either a base model or a tiny size, not both")
+    check_launch()
     records = examples if isinstance(examples, list) else load_examples(examples)
     train_recs, eval_recs = split_by_problem(records, args.eval_fraction, args.seed)
     spec = InputSpec(max_length=args.max_length, append_eos=args.append_eos,
@@ -273,6 +298,8 @@ def train_value_model(examples: str | os.PathLike | list[dict], output_dir: str 
         args.eval_strategy = "no"
     trainer = ValueTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
                            data_collator=ValueCollator(tokenizer.pad_token_id))
+    if trainer.is_deepspeed_enabled and args.lora_r > 0:
+        raise CodevalueError("LoRA (--lora-r) is not supported with DeepSpeed; train the last blocks instead")
     start = time.monotonic()
     checkpoints = list(Path(args.output_dir).glob("checkpoint-*"))
     result = trainer.train(resume_from_checkpoint=bool(resume and checkpoints))
@@ -280,9 +307,11 @@ def train_value_model(examples: str | os.PathLike | list[dict], output_dir: str 
     metrics = dict(result.metrics)
     if eval_ds:
         metrics.update(trainer.evaluate())
+    # ZeRO-3 shards the weights over the ranks: every rank takes part in gathering them, rank 0 writes them.
+    state_dict = trainer.accelerator.get_state_dict(trainer.model_wrapped) if trainer.is_deepspeed_enabled else None
     if args.lora_r > 0:
         model = model.merge_and_unload()  # save a plain HF model: no peft needed to load it
-    n_params = sum(p.numel() for p in model.parameters())
+    n_params = sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())  # ds_numel: ZeRO-3's full size
     meta = {
         "backbone": base or f"tiny-{tiny or '4m'}",
         "trainable": f"lora r={args.lora_r}" if args.lora_r > 0 else (
@@ -295,7 +324,14 @@ def train_value_model(examples: str | os.PathLike | list[dict], output_dir: str 
                           if args.center_targets else "P(pass | prefix)"),
         "train_tokens": train_tokens,
         "train_seconds": round(seconds, 2),
+        "processes": args.world_size,
+        "global_batch_size": args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size,
+        "optimizer_steps": result.global_step,
         "metrics": {k: (round(v, 5) if isinstance(v, float) else v) for k, v in metrics.items()},
     }
-    ValueModel(model, tokenizer, spec).save_pretrained(output_dir, extra=meta)
+    if trainer.is_world_process_zero():  # one writer, whatever the launcher
+        ValueModel(model, tokenizer, spec).save_pretrained(output_dir, extra=meta)
+        if state_dict is not None:
+            model.save_pretrained(output_dir, state_dict=state_dict)
+    trainer.accelerator.wait_for_everyone()  # the checkpoint is complete when any rank returns
     return meta

@@ -481,3 +481,67 @@ def test_read_checks_names_the_record_without_checks(tmp_path, base_dir):
     del records[3]["check_features"]
     with pytest.raises(DataError, match=r"record 4, field 'check_features'"):
         train_value_model(records, tmp_path / "m", run_args(tmp_path, read_checks=True), base=str(base_dir))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# several processes (DDP over gloo on CPU, launched by accelerate)
+
+
+def free_loopback_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_ddp_on_two_cpu_processes_takes_the_steps_of_one(tmp_path, capsys):
+    """`accelerate launch --multi_gpu --num_processes 2` on a machine without GPU: DDP over gloo on loopback.
+    Same global batch (per-process batch halved) -> the same optimizer steps over the same data; rank 0 alone
+    reports and writes, and the checkpoint loads."""
+    import os
+    import subprocess
+    import sys
+
+    from codevalue.cli import main
+
+    targets = tmp_path / "targets.jsonl"
+    targets.write_text("".join(json.dumps(r) + "\n" for r in synthetic_examples(10)))
+    common = ["--tiny", "1m", "--epochs", "2", "--max-length", "64", "--quiet"]
+    assert main(["train", str(targets), "-o", str(tmp_path / "one"), "--batch-size", "8", *common]) == 0
+    capsys.readouterr()
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ACCELERATE_", "RANK", "WORLD_SIZE", "LOCAL_"))}
+    env |= {"MASTER_ADDR": "127.0.0.1", "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1"}  # loopback only
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+              "--main_process_ip", "127.0.0.1", "--main_process_port", str(free_loopback_port())]
+    run = subprocess.run([*launch, "-m", "codevalue", "train", str(targets), "-o", str(tmp_path / "two"),
+                          "--batch-size", "4", *common], env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert run.stdout.count("trained tiny-1m") == 1  # only rank 0 reports
+    assert "2 processes, global batch 8, 6 optimizer steps" in run.stdout
+
+    one, two = (json.loads((tmp_path / d / "codevalue.json").read_text()) for d in ("one", "two"))
+    assert (one["processes"], two["processes"]) == (1, 2)
+    assert one["global_batch_size"] == two["global_batch_size"] == 8
+    assert one["optimizer_steps"] == two["optimizer_steps"] == 6  # 2 epochs x ceil(18 rollouts / 8)
+    assert one["train_problems"] == two["train_problems"] and one["train_examples"] == two["train_examples"] == 18
+    assert one["metrics"]["epoch"] == two["metrics"]["epoch"] == 2.0
+    vm = ValueModel.from_pretrained(tmp_path / "two", device="cpu")
+    [score] = vm.score(["def f(x):\n"], ["    return x\n"])
+    assert 0 < score.final < 1
+
+
+def test_accelerate_cpu_launch_that_starts_one_process_is_refused(tmp_path, monkeypatch):
+    """`accelerate launch --cpu --num_processes 2` without MPI starts one process (with MASTER_PORT set):
+    training alone on half the global batch would be silent, so it is an error naming the working command."""
+    monkeypatch.setenv("ACCELERATE_USE_CPU", "True")
+    monkeypatch.setenv("MASTER_PORT", "29500")
+    for name in ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE"):
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(CodevalueError, match="--multi_gpu --num_processes N"):
+        train_value_model(synthetic_examples(2), tmp_path / "m", run_args(tmp_path), tiny="1m")
+    monkeypatch.setenv("WORLD_SIZE", "2")  # what torchrun / accelerate --multi_gpu set
+    assert train_mod.launched_processes() == 2
+    train_mod.check_launch()
