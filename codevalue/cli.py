@@ -309,7 +309,8 @@ def cmd_score(args: argparse.Namespace) -> int:
     from .score import score_file
 
     summary = score_file(args.model, args.rollouts, args.out, problems=args.problems, per_token=args.per_token,
-                         batch_size=args.batch_size, progress=not args.quiet)
+                         batch_size=args.batch_size, progress=not args.quiet, chunk_size=args.chunk_size,
+                         ray_address=args.ray, ray_actors=args.ray_actors)
     print(f"scored {summary['rollouts']} rollouts -> {summary['out']}")
     return 0
 
@@ -410,6 +411,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--problems", help="problems, when the rollouts carry no `prompt` field")
     p.add_argument("--per-token", action="store_true", help="also write the value after every token")
     p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--ray", metavar="ADDRESS",
+                   help="score on a Ray cluster, one model replica per actor: auto (a running cluster), local "
+                        "(start one here) or HOST:PORT; MODEL must be at the same path on every node")
+    p.add_argument("--ray-actors", type=int, help="model replicas (default: one per GPU, else one per node)")
+    p.add_argument("--chunk-size", type=int,
+                   help="rollouts per model call, the unit sent to a Ray actor (default 16 batches, at least 256)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_score)
 

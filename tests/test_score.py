@@ -1,6 +1,8 @@
 """Scoring files with a saved value model, and the `train` / `score` commands end to end."""
 
+import importlib.util
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -8,7 +10,7 @@ import torch
 from transformers import Phi3Config, Phi3ForTokenClassification
 
 from codevalue.cli import main
-from codevalue.errors import DataError
+from codevalue.errors import CodevalueError, DataError
 from codevalue.jsonl import read_jsonl
 from codevalue.model import InputSpec, ValueModel, load_tokenizer
 from codevalue.problems import load_problems
@@ -195,3 +197,43 @@ def test_cli_score_error_exits_2(tmp_path, model_dir, capsys):
     assert "field 'problem_id'" in capsys.readouterr().err
     assert main(["score", str(tmp_path), str(rollouts), "-o", str(tmp_path / "s.jsonl"), "--quiet"]) == 2
     assert "not a codevalue checkpoint" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------------------
+# scoring on a Ray cluster
+
+
+starts_a_ray_cluster = pytest.mark.skipif(importlib.util.find_spec("ray") is None,
+                                          reason="starts a local Ray cluster: needs Ray (pip install codevalue[ray])")
+
+
+@starts_a_ray_cluster
+def test_score_on_a_local_ray_cluster_equals_local_scoring(tmp_path, model_dir, monkeypatch, capsys):
+    """`codevalue score --ray local` starts a one-node cluster on 127.0.0.1; two replicas share the chunks and
+    the output is byte for byte the local one (same chunks, same order, same records)."""
+    monkeypatch.setenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # Ray binds and advertises loopback only
+    import ray
+
+    records = [{"problem_id": f"P{i % 5}", "rollout_id": i, "prompt": f"def f{i % 5}(x):\n",
+                "completion": f"    return x + {i % 9}\n" * (1 + i % 3)} for i in range(40)]
+    rollouts = write_lines(tmp_path / "r.jsonl", records)
+    local, remote = tmp_path / "local.jsonl", tmp_path / "ray.jsonl"
+    score_file(model_dir, rollouts, local, per_token=True, batch_size=4, chunk_size=8, progress=False)
+    actors = str(min(2, os.cpu_count() or 1))
+    try:
+        assert main(["score", str(model_dir), str(rollouts), "-o", str(remote), "--per-token", "--batch-size", "4",
+                     "--chunk-size", "8", "--ray", "local", "--ray-actors", actors, "--quiet"]) == 0
+        assert {n["NodeManagerAddress"] for n in ray.nodes()} == {"127.0.0.1"}
+    finally:
+        ray.shutdown()
+    assert f"scored 40 rollouts -> {remote}" in capsys.readouterr().out
+    assert remote.read_text() == local.read_text()
+    assert [r["rollout_id"] for r in read(remote)] == list(range(40))
+
+
+def test_ray_scoring_needs_a_model_directory(tmp_path, vm, model_dir):
+    rollouts = write_lines(tmp_path / "r.jsonl", ROLLOUTS)
+    with pytest.raises(CodevalueError, match="needs the model directory"):
+        score_file(vm, rollouts, tmp_path / "s.jsonl", ray_address="local")
+    with pytest.raises(CodevalueError, match="--ray-actors must be at least 1"):
+        score_file(model_dir, rollouts, tmp_path / "s.jsonl", ray_address="local", ray_actors=0)
