@@ -17,7 +17,8 @@ Endpoints (JSON in, JSON out):
     starts with its prompt, the model reads (prompt, rest of the query) exactly as in training; otherwise,
     or when `prompts` is absent, the whole query is scored as the completion of an empty prompt. Trailing
     end/padding token strings in a query are removed (the end token is appended by the model itself).
-  - `GET /health`: `{"status": "ok", "model", "device", limits and batching counters}`.
+  - `GET /health`: `{"status": "ok", "model", "device", limits and batching counters}` (only `{"status": "ok"}`
+    to a client without the key when a key is set).
 
 Concurrent requests are micro-batched: every item goes into one queue; a single worker takes up to
 `max_batch` items (waiting at most `max_wait_ms` for more after the first) and scores them on a separate
@@ -37,7 +38,11 @@ answers that batch's requests with 500 and the worker carries on):
     completion tokens were cut);
   - a body that is not JSON: 400; JSON of the wrong shape (missing or extra fields, wrong types): 422.
 
-There is no authentication: bind to loopback (the default) or put it behind a proxy that has some.
+Authentication (for trainers on other machines): with `--api-key KEY` (or the environment variable
+CODEVALUE_API_KEY, which keeps the key out of `ps`), every request but `GET /health` needs the header
+`Authorization: Bearer KEY`, else 401. The key is compared in constant time (hmac.compare_digest). It is a
+shared secret sent in the clear over plain HTTP: across untrusted networks put TLS in front (a reverse
+proxy, or uvicorn's own --ssl options). Without a key, keep the default loopback bind.
 """
 
 # No `from __future__ import annotations`: FastAPI reads the endpoints' annotations (`Request`, imported
@@ -46,7 +51,10 @@ There is no authentication: bind to loopback (the default) or put it behind a pr
 import argparse
 import asyncio
 import contextlib
+import hmac
 import json
+import os
+import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -62,6 +70,7 @@ DEFAULT_MAX_TOKENS = 4096
 DEFAULT_MAX_BATCH = 32
 DEFAULT_MAX_WAIT_MS = 2.0
 DEFAULT_MAX_BODY_BYTES = 32 * 2**20
+API_KEY_ENV = "CODEVALUE_API_KEY"
 
 
 class RequestError(Exception):
@@ -254,9 +263,10 @@ def forward_passes(lengths: Sequence[int], max_items: int, max_padding: float = 
 def create_app(value_model: ValueModel, *, max_items: int = DEFAULT_MAX_ITEMS, max_tokens: int = DEFAULT_MAX_TOKENS,
                max_batch: int = DEFAULT_MAX_BATCH, max_wait_ms: float = DEFAULT_MAX_WAIT_MS,
                max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, model_name: str | None = None,
-               forward_batch: int | None = None, max_padding: float = 0.25):
+               forward_batch: int | None = None, max_padding: float = 0.25, api_key: str | None = None):
     """The FastAPI app serving `value_model` (see the module docstring). `app.state.batcher` is the
-    MicroBatcher (its counters show how requests were batched).
+    MicroBatcher (its counters show how requests were batched). With `api_key`, every path but /health
+    answers 401 unless the request carries `Authorization: Bearer <api_key>`.
 
     A collected batch is sorted by length and cut into forward passes of at most `forward_batch` items
     (default: max_batch) whose padding adds at most `max_padding` (a fraction) to their real tokens, so a
@@ -266,6 +276,8 @@ def create_app(value_model: ValueModel, *, max_items: int = DEFAULT_MAX_ITEMS, m
     from pydantic import ValidationError
 
     ScoreRequest, RewardRequest = _models()
+    if api_key is not None and not api_key:
+        raise CodevalueError("the API key is empty")
     vm = value_model
     if vm.spec.read_checks:
         raise CodevalueError("this value model reads selection-time check results (`codevalue checks`), which "
@@ -302,6 +314,22 @@ def create_app(value_model: ValueModel, *, max_items: int = DEFAULT_MAX_ITEMS, m
     app = FastAPI(title="codevalue reward server", lifespan=lifespan)
     app.state.batcher = batcher
     app.state.value_model = vm
+    expected = api_key.encode() if api_key else b""
+
+    def authorized(request: Request) -> bool:
+        if not api_key:
+            return True
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        # Header values arrive decoded as latin-1: encoding them back gives the bytes the client sent.
+        return scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode("latin-1"), expected)
+
+    if api_key:
+        @app.middleware("http")
+        async def require_key(request: Request, call_next):  # every path, /docs and unknown ones included
+            if request.url.path == "/health" or authorized(request):
+                return await call_next(request)
+            return JSONResponse({"detail": "missing or wrong API key: send the header 'Authorization: Bearer KEY'"},
+                                status_code=401, headers={"WWW-Authenticate": "Bearer"})
 
     def error(status: int, message: str, limit: str | None = None) -> JSONResponse:
         body: dict[str, Any] = {"detail": message}
@@ -400,7 +428,9 @@ def create_app(value_model: ValueModel, *, max_items: int = DEFAULT_MAX_ITEMS, m
         return await run(request, do_reward)
 
     @app.get("/health")
-    async def health():
+    async def health(request: Request):
+        if not authorized(request):  # liveness for anyone, details for key holders
+            return {"status": "ok"}
         return {"status": "ok", "model": name, "device": str(vm.device),
                 "backbone": vm.meta.get("backbone"), "max_items": max_items, "max_tokens": max_tokens,
                 "max_batch": max_batch, "forward_batch": per_pass, "max_padding": max_padding,
@@ -476,22 +506,38 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     dtype = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[args.dtype]
+    api_key = resolve_api_key(args.api_key)
     vm = ValueModel.from_pretrained(args.model, device=args.device, dtype=dtype)
     app = create_app(vm, max_items=args.max_items, max_tokens=args.max_tokens, max_batch=args.max_batch,
                      max_wait_ms=args.max_wait_ms, max_body_bytes=args.max_body_mb * 2**20,
                      model_name=args.name or str(args.model), forward_batch=args.forward_batch,
-                     max_padding=args.max_padding)
+                     max_padding=args.max_padding, api_key=api_key)
     print(f"codevalue: serving {args.model} on {vm.device} at http://{args.host}:{args.port} "
-          "(POST /v1/score, POST /get_reward, GET /health)", flush=True)
+          "(POST /v1/score, POST /get_reward, GET /health)"
+          + ("; requests need 'Authorization: Bearer KEY'" if api_key else ""), flush=True)
+    if not api_key and args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"codevalue: warning: {args.host} is reachable from other machines and there is no API key "
+              f"(--api-key or {API_KEY_ENV})", file=sys.stderr, flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
     return 0
+
+
+def resolve_api_key(flag: str | None) -> str | None:
+    """`--api-key` if given, else the environment variable (an empty variable counts as unset)."""
+    if flag is not None and not flag:
+        raise CodevalueError("--api-key is empty")
+    return flag or os.environ.get(API_KEY_ENV) or None
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser("serve", help="serve a value model over HTTP (reward server, OpenRLHF protocol)",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", help="codevalue model directory")
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; no authentication)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to bind (default 127.0.0.1; set an API key before binding another address)")
+    p.add_argument("--api-key", default=None,
+                   help=f"require 'Authorization: Bearer KEY' on every endpoint but /health (default: the "
+                        f"environment variable {API_KEY_ENV}, which other users cannot see in `ps`)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
@@ -514,4 +560,4 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 __all__ = ["create_app", "forward_passes", "MicroBatcher", "BackgroundServer", "split_query", "add_parser", "cmd_serve",
-           "RequestError"]
+           "RequestError", "resolve_api_key", "API_KEY_ENV"]

@@ -282,3 +282,81 @@ def test_a_model_that_reads_check_results_is_refused(vm):
     reads_checks = ValueModel(vm.model, vm.tokenizer, replace(vm.spec, read_checks=True), vm.meta)
     with pytest.raises(CodevalueError, match="check results"):
         create_app(reads_checks)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# bearer-token authentication
+
+
+KEY = "s3cret-ключ"  # not ASCII: the comparison is on bytes
+
+
+@pytest.fixture(scope="module")
+def keyed_server(vm):
+    with BackgroundServer(create_app(vm, max_items=8, max_wait_ms=1, model_name="tiny", api_key=KEY)) as srv:
+        yield srv
+
+
+def bearer(key: str) -> dict:
+    return {"authorization": b"Bearer " + key.encode()}  # bytes: httpx sends them as they are
+
+
+@pytest.mark.parametrize("headers", [{}, bearer("wrong"), bearer(KEY[:-1]), bearer(KEY + "x"),
+                                     {"authorization": b"Basic " + KEY.encode()}, {"x-api-key": KEY.encode()}])
+def test_without_the_key_every_endpoint_but_health_is_401(keyed_server, headers):
+    with httpx.Client(base_url=keyed_server.url, trust_env=False, timeout=30, headers=headers) as c:
+        for method, path, body in [("POST", "/v1/score", {"items": items(PAIRS[:1])}),
+                                   ("POST", "/get_reward", {"query": ["x"]}), ("GET", "/docs", None),
+                                   ("GET", "/openapi.json", None), ("GET", "/nowhere", None)]:
+            r = c.request(method, path, json=body)
+            assert r.status_code == 401, (path, r.text)
+            assert r.headers["www-authenticate"] == "Bearer" and "API key" in r.json()["detail"]
+        r = c.get("/health")  # liveness for anyone, nothing else
+        assert r.status_code == 200 and r.json() == {"status": "ok"}
+
+
+def test_with_the_key_requests_are_answered(keyed_server, vm):
+    with httpx.Client(base_url=keyed_server.url, trust_env=False, timeout=30, headers=bearer(KEY)) as c:
+        r = c.post("/v1/score", json={"items": items(PAIRS[:2]), "per_token": True})
+        assert r.status_code == 200
+        for result, score in zip(r.json()["results"], direct(vm, PAIRS[:2]), strict=True):
+            assert_same(result, score)
+        r = c.post("/get_reward", json={"query": ["def f():\n    return 1\n"]})
+        assert r.status_code == 200 and len(r.json()["rewards"]) == 1
+        assert c.get("/health").json()["model"] == "tiny"  # the details, for a key holder
+        r = c.get("/nowhere")
+        assert r.status_code == 404
+
+
+def test_api_key_from_flag_or_environment(model_dir, monkeypatch):
+    """`codevalue serve` takes --api-key, else CODEVALUE_API_KEY; the app it runs checks that key."""
+    from codevalue.errors import CodevalueError
+    from codevalue.serve import API_KEY_ENV, resolve_api_key
+
+    monkeypatch.delenv(API_KEY_ENV, raising=False)
+    assert resolve_api_key(None) is None
+    monkeypatch.setenv(API_KEY_ENV, "from-env")
+    assert resolve_api_key(None) == "from-env" and resolve_api_key("flag") == "flag"
+    with pytest.raises(CodevalueError, match="empty"):
+        resolve_api_key("")
+
+    import uvicorn
+
+    apps = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: apps.append((app, kwargs)))
+    parser = argparse.ArgumentParser()
+    add_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["serve", str(model_dir), "--device", "cpu", "--port", "0"])
+    assert cmd_serve(args) == 0
+    [(app, kwargs)] = apps
+    assert kwargs["host"] == "127.0.0.1"  # loopback stays the default
+    with BackgroundServer(app) as srv, httpx.Client(base_url=srv.url, trust_env=False, timeout=30) as c:
+        body = {"items": items(PAIRS[:1])}
+        assert c.post("/v1/score", json=body).status_code == 401
+        assert c.post("/v1/score", json=body, headers={"authorization": "Bearer from-env"}).status_code == 200
+        assert c.post("/v1/score", json=body, headers={"authorization": "bearer from-env"}).status_code == 200
+
+
+def test_no_key_means_no_check(client):
+    assert client.post("/v1/score", json={"items": items(PAIRS[:1])}).status_code == 200
+    assert "model" in client.get("/health").json()
