@@ -277,6 +277,7 @@ def run_stage(stage: Stage, inputs: str | os.PathLike, out: str | os.PathLike, s
     try:
         with executor:
             isolation = executor.isolation
+            started = time.monotonic()  # the executor is up (a Ray cluster may take seconds to join)
             bar = tqdm(total=len(keys), initial=len(keys) - len(todo), unit="program", disable=not progress,
                        desc=stage.name, dynamic_ncols=True, mininterval=0.5 if sys.stderr.isatty() else 15)
             for job, result, node in executor.map(jobs()):
@@ -286,7 +287,7 @@ def run_stage(stage: Stage, inputs: str | os.PathLike, out: str | os.PathLike, s
                 cpu += result.cpu_seconds
                 bar.update(1)
             bar.close()
-        run_wall = time.monotonic() - start
+        run_wall = time.monotonic() - started
 
         # Pass 3: per-problem fields (optional), then the output in input order.
         per_key: dict[str, dict] = {}
@@ -319,13 +320,14 @@ def run_stage(stage: Stage, inputs: str | os.PathLike, out: str | os.PathLike, s
         "resumed": resumed,
         **verdicts,
         "wall_seconds": round(time.monotonic() - start, 2),
+        "executor_start_seconds": round(started - start, 2),
         "run_seconds": round(run_wall, 2),
         "program_cpu_seconds": round(cpu, 2),
         "settings": settings,
         **settings,
         "complete": True,
         "out": str(out),
-        "executor": {"kind": executor.kind, "nodes": dict(nodes)},
+        "executor": {"kind": executor.kind, "nodes": dict(nodes), **getattr(executor, "report", {})},
         "sandbox": {**_asdict(sandbox), "isolation": isolation, "description": describe_isolation(isolation)},
         **(meta_extra or {}),
     }

@@ -36,22 +36,20 @@ def connect(address: str) -> None:
     Ray use the loopback address instead of the machine's interface address), so nothing outside the machine
     can reach it and nothing is sent elsewhere.
     """
-    if not address:
-        raise CodevalueError("--ray needs an address: auto, local or HOST:PORT")
+    if not (address in ("auto", "local") or address.count(":") == 1 and address.rsplit(":", 1)[1].isdigit()):
+        raise CodevalueError(f"--ray {address!r}: expected auto, local or HOST:PORT")
+    if address == "local":  # read when ray is imported: set it first
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     ray = require_ray()
     if ray.is_initialized():
         return
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-    kwargs = {"include_dashboard": False, "log_to_driver": False, "configure_logging": False}
     if address == "local":
-        ray.init(address="local", num_cpus=os.cpu_count(), **kwargs)
-    elif address == "auto" or ":" in address:
-        try:
-            ray.init(address=address, **kwargs)
-        except ConnectionError as e:
-            raise CodevalueError(f"cannot reach a Ray cluster at {address!r}: {e}") from None
-    else:
-        raise CodevalueError(f"--ray {address!r}: expected auto, local or HOST:PORT")
+        ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+        return
+    try:
+        ray.init(address=address, log_to_driver=False)
+    except ConnectionError as e:
+        raise CodevalueError(f"cannot reach a Ray cluster at {address!r}: {e}") from None
 
 
 class _SandboxActor:
@@ -136,6 +134,7 @@ class RayExecutor:
         self.actors: dict[str, Any] = {}  # node id -> actor handle
         self.capacity: dict[str, int] = {}
         self.isolation: dict = {}
+        self.report: dict[str, Any] = {"lost_nodes": [], "rerun_programs": 0}  # goes into meta.json
 
     def __enter__(self) -> RayExecutor:
         connect(self.address)
@@ -218,6 +217,8 @@ class RayExecutor:
                 lost = held.pop(node)
                 del self.actors[node]
                 requeued.extend(sorted(lost))
+                self.report["lost_nodes"].append(node)
+                self.report["rerun_programs"] += len(lost)
                 if not self.actors:
                     raise SandboxError(f"every Ray node running sandboxes failed (last: {e})") from None
                 for other in self.actors:  # wake idle nodes so they pick the requeued jobs up
