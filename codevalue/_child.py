@@ -22,7 +22,7 @@ import signal
 import sys
 
 # Bound at import time so a program that patches these modules cannot redirect our reports.
-_dumps, _write, _exit, _setitimer = json.dumps, os.write, os._exit, signal.setitimer
+_dumps, _write, _exit, _setitimer, _audit = json.dumps, os.write, os._exit, signal.setitimer, sys.audit
 _REAL_OPEN = builtins.open
 
 # The APPS reference prepends exactly these imports (testing_util.py); programs may rely on them.
@@ -75,6 +75,50 @@ class _Reporter:
         view = memoryview(data)
         while view:
             view = view[_write(self.fd, view):]
+
+
+EVENT_KEYS = frozenset(("t", "i", "status", "error", "stdout", "result", "nonce"))
+
+
+def max_event_bytes(output_limit: int) -> int:
+    """The largest line an honest harness sends: output_limit characters of stdout (or of a repr), each at
+    most 6 bytes of JSON (\\u0001), plus the other fields."""
+    return 6 * output_limit + 4096
+
+
+def parse_event(line: bytes | bytearray, max_bytes: int) -> dict | None:
+    """One event line from a process that ran program code, or None if it is not one an honest harness
+    sends: at most `max_bytes`, a flat JSON object of known keys with string/number/bool/null values.
+
+    Why: whatever a program writes on the channel must cost us no more memory than about the line itself
+    and never recurse (a nested line would raise RecursionError in a caller deep in its own stack). The
+    shape is checked with C-speed byte scans, without copying the line, before json.loads sees it."""
+    if len(line) > max_bytes:
+        return None
+    bare = line.replace(b"\\\\", b"").replace(b'\\"', b"") if b"\\" in line else line  # quotes left delimit strings
+    if bare.count(b'"') > 4 * len(EVENT_KEYS):
+        return None
+    braces = brackets = commas = 0
+    start = 0
+    while start >= 0:  # the spans outside strings: between a closing and the next opening quote
+        end = bare.find(b'"', start)
+        stop = len(bare) if end < 0 else end
+        braces += bare.count(b"{", start, stop)
+        brackets += bare.count(b"[", start, stop)
+        commas += bare.count(b",", start, stop)
+        start = -1 if end < 0 else bare.find(b'"', end + 1)
+        start = -1 if start < 0 else start + 1
+    if braces != 1 or brackets or commas > len(EVENT_KEYS):
+        return None
+    try:
+        event = json.loads(line)
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(event, dict) or not EVENT_KEYS.issuperset(event):
+        return None
+    if any(isinstance(v, (dict, list)) for v in event.values()):
+        return None
+    return event
 
 
 def _describe(e: BaseException) -> str:
@@ -155,12 +199,66 @@ class _RaisingStdin(io.StringIO):
         return False
 
 
+REFUSED_EVENTS = frozenset((
+    "gc.get_objects", "gc.get_referrers", "gc.get_referents",  # the object graph, up to our guard's closure
+    "sys._current_frames", "sys._current_exceptions", "sys.settrace", "sys.setprofile",  # frames of the guard
+))
+DONE_EVENT = "codevalue.done"
+
+
+def _seal_completion(nonce: str, fd: int) -> None:
+    """Hide the nonce where program code cannot reach it, and let only the calling harness frame use it.
+
+    The nonce lives in the closure of an audit hook, which nothing but the interpreter's hook list refers
+    to (the job dict no longer holds it). The hook writes the "done" event when the audit event
+    DONE_EVENT is raised by exactly the harness frame that called us, which happens only after `check()`
+    returned normally. It refuses what would reach its closure or memory: the object graph (gc), frames
+    of other threads or of the hook itself (settrace/setprofile, tracebacks through the hook), ctypes and
+    /proc/*/mem. What remains is reading raw memory by other means (e.g. numpy views at arbitrary
+    addresses); see README "Sandbox"."""
+    genuine = sys._getframe(1)
+    line = (_dumps({"t": "done", "nonce": nonce}) + "\n").encode()
+    busy = False
+
+    def guard(event: str, args: tuple) -> None:
+        nonlocal busy
+        if busy:  # our own lookups below raise events too
+            return
+        if event == DONE_EVENT:
+            busy = True
+            try:
+                caller = sys._getframe(1)
+            finally:
+                busy = False
+            if caller is genuine:
+                _write(fd, line)
+            return
+        if event in REFUSED_EVENTS or event.startswith("ctypes."):
+            raise PermissionError(f"{event} is not available in the sandbox")
+        if event == "object.__getattr__" and args[1] == "tb_frame":
+            busy = True
+            try:
+                frame = args[0].tb_frame
+            finally:
+                busy = False
+            if frame.f_code is guard_code:
+                raise PermissionError("the sandbox's own frames are not available")
+        elif event in ("open", "os.symlink") and type(args[0]) in (str, bytes):  # never call program methods
+            path = os.fsdecode(args[0]).rstrip("/")
+            if path.rsplit("/", 1)[-1] in ("mem", "pagemap"):  # /proc/self/mem, by any path or link
+                raise PermissionError(f"{path} is not available in the sandbox")
+
+    guard_code = guard.__code__
+    sys.addaudithook(guard)
+
+
 def run_humaneval(job: dict, report: _Reporter) -> None:
     code = _compile(job["program"], report)
     if code is None:
         return
     report(t="load", status="ok")
     reliability_guard()
+    _seal_completion(job.pop("nonce"), report.fd)
     sink = io.StringIO()
     sys.stdout, sys.stderr, sys.stdin = sink, sink, _RaisingStdin()
     status, error = "ok", ""
@@ -175,7 +273,7 @@ def run_humaneval(job: dict, report: _Reporter) -> None:
     sink.truncate()
     report(t="test", i=0, status=status, error=error)
     if status == "ok":
-        report(t="done", nonce=job["nonce"])
+        _audit(DONE_EVENT)  # only this frame's call makes the guard write "done" (see _seal_completion)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -387,7 +485,7 @@ def run_script_stdin(job: dict, report: _Reporter) -> None:
             finally:
                 _exit(0)
         os.close(write_fd)
-        event, timed_out = _collect(read_fd, pid, job["timeout"] * 2 + 1.0, 6 * job["output_limit"] + 65536)
+        event, timed_out = _collect(read_fd, pid, job["timeout"] * 2 + 1.0, max_event_bytes(job["output_limit"]))
         if event is None:
             event = {"status": "timeout", "error": "TimeLimit: killed at the per-test wall limit"} if timed_out \
                 else {"status": "error", "error": "the test's process died without a result"}
@@ -402,7 +500,7 @@ def _collect(read_fd: int, pid: int, wall: float, max_bytes: int) -> tuple[dict 
     import select
     import time
 
-    deadline, chunks, timed_out = time.monotonic() + wall, [], False
+    deadline, chunks, timed_out, room = time.monotonic() + wall, [], False, max_bytes
     pidfd = os.pidfd_open(pid)
     while True:  # until EOF, or the test process exits (a detached descendant may keep the pipe open)
         left = deadline - time.monotonic()
@@ -422,8 +520,8 @@ def _collect(read_fd: int, pid: int, wall: float, max_bytes: int) -> tuple[dict 
         if not chunk:
             break
         chunks.append(chunk)
-        max_bytes -= len(chunk)
-        if max_bytes < 0:  # more than any honest report: the program is flooding our pipe
+        room -= len(chunk)
+        if room < 0:  # more than any honest report: the program is flooding our pipe
             os.kill(pid, signal.SIGKILL)
             break
     os.close(read_fd)
@@ -431,11 +529,7 @@ def _collect(read_fd: int, pid: int, wall: float, max_bytes: int) -> tuple[dict 
     if timed_out:
         os.kill(pid, signal.SIGKILL)
     os.waitpid(pid, 0)
-    try:
-        event = json.loads(b"".join(chunks).split(b"\n")[0])
-    except ValueError:
-        return None, timed_out
-    return (event if isinstance(event, dict) else None), timed_out
+    return parse_event(b"".join(chunks).split(b"\n")[0], max_bytes), timed_out
 
 
 def run(job: dict, fd: int, drop_privileges=lambda: None) -> None:

@@ -17,6 +17,7 @@ expected outputs never leave it: verdicts are decided here, in the parent.
 
 from __future__ import annotations
 
+import fcntl
 import itertools
 import json
 import os
@@ -43,7 +44,7 @@ class SandboxConfig:
     memory_mb: int = 2048  # address space a program may add on top of the warm worker's
     output_limit: int = 4 * 2**20  # characters of stdout (or of a return value's repr) per test
     max_processes: int = 64  # RLIMIT_NPROC for the sandbox uid (root only): stops fork bombs
-    uid_base: int = 61000  # worker i runs programs as uid uid_base + i (root only)
+    uid_base: int = 61000  # programs run as the first free uids >= uid_base, one per worker (root only)
     # Files and directories programs must not read (problem files with expected outputs). The bundled
     # data is always hidden; `label_rollouts` and `run_checks` add the problems file they were given.
     hidden_paths: tuple[str, ...] = ()
@@ -110,6 +111,7 @@ class ExecutionResult:
     wall_seconds: float = 0.0
     leftover_processes: int = 0
     infra_error: str = ""
+    oom_killed: bool = False  # the kernel killed one of its processes: together they went over --memory-mb
 
 
 def _result_from(job: Job, nonce: str, raw: dict) -> ExecutionResult:
@@ -133,17 +135,66 @@ def _result_from(job: Job, nonce: str, raw: dict) -> ExecutionResult:
         elif t == "done" and ev.get("nonce") == nonce:
             res.completed = True
     res.tests = [tests.get(i, TestOutcome("missing")) for i in range(n_tests)]
+    if raw.get("oom_kills"):  # the program as a whole went over its memory: the first test not done is charged
+        res.oom_killed = True
+        why = "killed by the OOM killer: the program's processes together went over --memory-mb"
+        failed = next((i for i, t in enumerate(res.tests) if t.status != "ok"), None)
+        if res.load_status in ("missing", "ok") and failed is not None:
+            res.load_status = "ok"
+            res.tests[failed] = TestOutcome("memory", error=why)
+        elif res.load_status in ("missing", "ok"):  # every test reported, yet a process was killed
+            res.load_status, res.load_error = "memory", why
     return res
 
 
+UID_LOCK_DIRS = ("/run/lock", tempfile.gettempdir())
+
+
+def _claim_uids(base: int, n: int) -> tuple[list[int], list[int]]:
+    """The first n uids >= base that no other live Sandbox on this machine holds, each claimed by an
+    exclusive flock on a lock file (released when the descriptor closes, also when this process dies).
+
+    Why: the sweep after every program kills everything of the program's uid, so two sandboxes sharing a
+    uid (two Ray nodes on one machine, parallel test runs) would kill each other's programs."""
+    where = next(d for d in UID_LOCK_DIRS if os.path.isdir(d) and os.access(d, os.W_OK))
+    uids: list[int] = []
+    fds: list[int] = []
+    uid = base
+    while len(uids) < n:
+        if uid >= base + 65536:
+            for fd in fds:
+                os.close(fd)
+            raise SandboxError(f"no free sandbox uid in [{base}, {base + 65536}) (lock files in {where})")
+        fd = os.open(f"{where}/codevalue-uid-{uid}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+        else:
+            uids.append(uid)
+            fds.append(fd)
+        uid += 1
+    return uids, fds
+
+
+def _parse_result(job: Job, nonce: str, line: bytes) -> ExecutionResult:
+    """The worker's result line. The worker passes on only flat events (so this parse is three levels deep
+    at most, whatever the program wrote); a line we cannot read is an infra_error, never an exception that
+    would end the caller's whole job."""
+    try:
+        return _result_from(job, nonce, json.loads(line))
+    except (ValueError, RecursionError, KeyError, TypeError) as e:
+        return ExecutionResult(load_status="missing", infra_error=f"unreadable worker result: {type(e).__name__}")
+
+
 class _Worker:
-    def __init__(self, slot: int, config: SandboxConfig):
+    def __init__(self, slot: int, config: SandboxConfig, uid: int):
         env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "OPENBLAS_NUM_THREADS": "1",
                "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONDONTWRITEBYTECODE": "1",
                "PYTHONPATH": str(Path(__file__).resolve().parent.parent), "TMPDIR": "/tmp"}
         self.log = tempfile.TemporaryFile()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "codevalue._worker", str(slot), str(config.uid_base),
+            [sys.executable, "-m", "codevalue._worker", str(slot), str(uid),
              json.dumps([str(DATA_DIR), *config.hidden_paths])],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, env=env, cwd="/",
             start_new_session=True, close_fds=True)
@@ -189,6 +240,8 @@ class Sandbox:
     def __init__(self, config: SandboxConfig | None = None):
         self.config = config or SandboxConfig()
         self._workers: list[_Worker] = []
+        self._uids: list[int] = []  # one per worker, claimed while the workers live
+        self._uid_locks: list[int] = []
 
     def __enter__(self) -> Sandbox:
         self.start()
@@ -198,18 +251,35 @@ class Sandbox:
         self.close()
 
     def start(self) -> None:
-        if not self._workers:
-            self._workers = [_Worker(i, self.config) for i in range(self.config.n_workers())]
+        if self._workers:
+            return
+        n = self.config.n_workers()
+        if os.geteuid() == 0:  # only root drops to the sandbox uids
+            self._uids, self._uid_locks = _claim_uids(self.config.uid_base, n)
+        else:
+            self._uids = [self.config.uid_base + i for i in range(n)]
+        try:
+            self._workers = [_Worker(i, self.config, self._uids[i]) for i in range(n)]
+        except BaseException:
+            self.close()
+            raise
 
     def close(self) -> None:
         for w in self._workers:
             w.close()
         self._workers = []
+        for fd in self._uid_locks:  # only now: no program of ours runs as these uids any more
+            os.close(fd)
+        self._uid_locks = []
+
+    def _new_worker(self, slot: int) -> _Worker:
+        return _Worker(slot, self.config, self._uids[slot])
 
     @property
     def isolation(self) -> dict:
+        """What is in force (worker 0's report), plus `uids`: the program uid of every worker."""
         self.start()
-        return self._workers[0].isolation
+        return {**self._workers[0].isolation, "uids": list(self._uids)}
 
     def run(self, job: Job) -> ExecutionResult:
         return next(self.map([job]))[1]
@@ -242,7 +312,7 @@ class Sandbox:
                 self._workers[slot].send(job_id, job, nonce, self.config)
             except OSError:  # the worker exited after its last job (e.g. it could not clean up): replace it
                 self._workers[slot].close()
-                self._workers[slot] = _Worker(slot, self.config)
+                self._workers[slot] = self._new_worker(slot)
                 self._workers[slot].send(job_id, job, nonce, self.config)
             sel.register(self._workers[slot].stdout, selectors.EVENT_READ, slot)
             return True
@@ -265,12 +335,12 @@ class Sandbox:
                     busy -= 1
                     idle.append(slot)
                     if line:
-                        yield job, _result_from(job, nonce, json.loads(line))
+                        yield job, _parse_result(job, nonce, line)
                         continue
                     # The worker died (it should not: programs run in its children). Replace it.
                     tail = worker.stderr_tail()
                     worker.close()
-                    self._workers[slot] = _Worker(slot, self.config)
+                    self._workers[slot] = self._new_worker(slot)
                     attempts[job_id] = attempts.get(job_id, 0) + 1
                     if attempts[job_id] < 2:
                         retry.append((job, job_id))

@@ -34,11 +34,10 @@ requires_root = pytest.mark.skipif(
     not IS_ROOT, reason="needs the uid drop and RLIMIT_NPROC (root only): without them this program "
     "could signal or exhaust the test's own user")
 
-# Sandbox uids of this run; away from the default 61000 so that a suite running beside this one (other
-# checkouts use the default) neither sees our processes nor is swept by our kill(-1). Slots 0-1: the
-# shared sandbox, 2-7: the sandboxes of single tests.
+# Where this run's sandboxes start looking for free uids (each live Sandbox claims its own with a lock
+# file); away from the default 61000 so that an older suite running beside this one, which claims
+# nothing, neither sees our processes nor is swept by our kill(-1).
 UID_BASE = 62000 + 8 * (os.getpid() % 1000)
-SHARED_UIDS = (UID_BASE, UID_BASE + 1)
 TIMEOUT = 0.5  # per test
 DEADLINE = 2.0  # per program, for programs that should finish
 KILL_DEADLINE = 1.0  # per program, for programs that only the worker's deadline can stop
@@ -76,16 +75,15 @@ def dropped(box: Sandbox) -> Sandbox:
         seen = result.tests[0].stdout if job.style == "script" else result.tests[0].error.split(":")[-1]
         assert seen and seen.split() and all(u.isdigit() for u in seen.split()), result
         uids.update(int(u) for u in seen.split())
-    if uids != set(SHARED_UIDS):
-        pytest.fail(f"programs did not run as the sandbox uids {SHARED_UIDS}: {sorted(uids)}")
+    if uids != set(box.isolation["uids"]):
+        pytest.fail(f"programs did not run as the sandbox uids {box.isolation['uids']}: {sorted(uids)}")
     return box
 
 
 @contextlib.contextmanager
-def solo_box(slot: int) -> Iterator[Sandbox]:
+def solo_box() -> Iterator[Sandbox]:
     """A one-worker sandbox, so that consecutive jobs are known to share a worker."""
-    assert 2 <= slot < 8
-    with Sandbox(SandboxConfig(workers=1, uid_base=UID_BASE + slot)) as sandbox:
+    with Sandbox(SandboxConfig(workers=1, uid_base=UID_BASE)) as sandbox:
         yield sandbox
 
 
@@ -217,7 +215,7 @@ SIGNALS = {
     "SIGINT": ("import posix, signal\nsignal.signal(signal.SIGINT, signal.SIG_DFL)\n"
                "posix.kill(posix.getpid(), signal.SIGINT)", signal.SIGINT),
     "SIGABRT": ("import posix\nposix.abort()", signal.SIGABRT),
-    "SIGSEGV": ("import ctypes\nctypes.string_at(0)", signal.SIGSEGV),
+    "SIGSEGV": ("import faulthandler\nfaulthandler._sigsegv()", signal.SIGSEGV),  # ctypes is refused here
 }
 
 
@@ -327,7 +325,7 @@ def test_sigstop_self_times_out_at_the_deadline(dropped, problem, mode, code):
     got, result = timed_label(dropped, problem, code, mode, deadline=KILL_DEADLINE)
     assert (got.verdict, result.deadline_hit) == ("timeout", True), (got, result)
     assert time.monotonic() - start >= KILL_DEADLINE
-    assert processes_of(SHARED_UIDS) == []
+    assert processes_of(tuple(dropped.isolation["uids"])) == []
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -393,7 +391,7 @@ def test_fork_bomb_leaves_nothing_behind(dropped, problem, mode, code):
     # the harness's timer or the worker's deadline, whichever catches the main process outside its `try`
     assert got.verdict == "timeout", (got, result)
     assert result.leftover_processes > 1  # the bomb went off, and its processes were reaped
-    assert processes_of(SHARED_UIDS) == []
+    assert processes_of(tuple(dropped.isolation["uids"])) == []
     assert worker_pids(dropped) == before
     assert_still_works(dropped)
 
@@ -429,7 +427,7 @@ def test_detached_grandchild_is_gone_after_the_job(dropped):
     assert grandchild > 0
     assert result.leftover_processes >= 1  # the sweep found it...
     assert not os.path.exists(f"/proc/{grandchild}")  # ...and it is gone, reaped, not even a zombie
-    assert processes_of(SHARED_UIDS) == []
+    assert processes_of(tuple(dropped.isolation["uids"])) == []
 
 
 @requires_root
@@ -438,7 +436,7 @@ def test_correct_program_leaving_a_detached_grandchild_still_passes(dropped):
     code = DETACH + "detach()\nprint(int(input()) ** 2)\n"
     got, result = timed_label(dropped, STDIN_ONE, code, "lcb")
     assert got.verdict == "pass", (got, result)
-    assert processes_of(SHARED_UIDS) == []
+    assert processes_of(tuple(dropped.isolation["uids"])) == []
 
 
 TEST_PID = os.getpid()
@@ -609,7 +607,7 @@ def test_filesystem_writes_stay_private(box):
 @requires_root
 def test_files_left_in_tmp_do_not_reach_the_next_program():
     token = uuid.uuid4().hex
-    with solo_box(2) as solo:
+    with solo_box() as solo:
         script(solo, f"import os\nfor d in ('/tmp', '/var/tmp', '/dev/shm', '/run/lock'):\n"
                      f"    if os.path.isdir(d):\n        open(d + '/{token}', 'w').write('state')")
         seen = script(solo, f"import os\nprint([d for d in ('/tmp', '/var/tmp', '/dev/shm', '/run/lock') "
@@ -633,7 +631,7 @@ except OSError:
 
 @requires_root
 def test_filling_tmp_does_not_change_the_next_programs_verdict():
-    with solo_box(3) as solo:
+    with solo_box() as solo:
         filler = solo.run(Job(FILL_TMP, "stdin", "script", inputs=[""], timeout=5, deadline=6))
         assert filler.tests[0].status == "ok", filler
         got, result = label(solo, STDIN, STDIN_CODE["pass"], "lcb")
@@ -653,7 +651,7 @@ print(int(input()) ** 2)
 @requires_root
 @pytest.mark.parametrize("where", ["'.'", "'/tmp'"], ids=["work-dir", "tmp"])
 def test_deep_directory_tree_neither_breaks_the_verdict_nor_the_worker(where):
-    with solo_box(6) as solo:
+    with solo_box() as solo:
         got, result = label(solo, STDIN_ONE, DEEP_TREE.replace("WHERE", where), "lcb")
         assert (got.verdict, result.infra_error) == ("pass", ""), (got, result)
         assert_still_works(solo)
@@ -673,7 +671,7 @@ except OSError as e:
 def test_environment_holds_none_of_the_callers_variables(monkeypatch):
     token = uuid.uuid4().hex
     monkeypatch.setenv("CODEVALUE_TEST_CANARY", token)
-    with solo_box(4) as fresh:  # started after the canary is set
+    with solo_box() as fresh:  # started after the canary is set
         lines = script(fresh, ENVIRONMENT.replace("TOKEN", token)).splitlines()
     assert lines[0] == repr(sorted(["HOME", "LANG", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "PATH",
                                     "PYTHONIOENCODING", "TMPDIR"]))
@@ -695,7 +693,7 @@ print(attempt(TEST_PID), attempt(os.getppid()), attempt(1))
 @requires_root
 def test_callers_proc_environ_is_unreadable(box):
     out = script(box, PROC_ENVIRON.replace("TEST_PID", str(os.getpid())))
-    assert out == "PermissionError PermissionError PermissionError\n"
+    assert set(out.split()) <= {"PermissionError", "FileNotFoundError"}, out  # not even listed in our /proc
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -766,15 +764,21 @@ def test_bundled_expected_outputs_are_not_readable(box):
 
 @requires_root
 def test_hidden_paths_are_not_readable():
-    """`hidden_paths` (label_rollouts passes its problems file) cover a file or a directory."""
-    hidden_file = str(Path(__file__).resolve())  # world-readable outside the sandbox
-    hidden_dir = str(Path(__file__).resolve().parent / "fixtures")
+    """`hidden_paths` (label_rollouts passes its problems file) cover a file or a directory inside what
+    programs see (here: files of the package, which is bound into their root); outside it, nothing is."""
+    import codevalue
+
+    package = Path(codevalue.__file__).resolve().parent
+    hidden_file, hidden_dir = str(package / "problems.py"), str(package / "assets")
+    outside = str(Path(__file__).resolve())  # world-readable, not part of the allowlisted root
     assert os.path.getsize(hidden_file) > 0 and os.listdir(hidden_dir)
-    program = READ_BUNDLED.replace("PATH", repr(hidden_file)) + f"print(os.listdir({hidden_dir!r}))\n"
-    config = SandboxConfig(workers=1, uid_base=UID_BASE + 7, hidden_paths=(hidden_file, hidden_dir))
+    program = (READ_BUNDLED.replace("PATH", repr(hidden_file)) + f"print(os.listdir({hidden_dir!r}))\n"
+               + READ_BUNDLED.replace("PATH", repr(outside)))
+    config = SandboxConfig(workers=1, uid_base=UID_BASE, hidden_paths=(hidden_file, hidden_dir, outside))
     with Sandbox(config) as hider:
         out = script(hider, "import os\n" + program)
-    assert out == "read 0 bytes\n[]\n"
+    assert out.splitlines()[:2] == ["read 0 bytes", "[]"], out
+    assert out.splitlines()[2] in ("read 0 bytes", "FileNotFoundError"), out
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -847,14 +851,39 @@ def test_apps_reference_quirks_and_script_style(box, code, apps_verdict):
 @requires_root
 def test_isolation_report(box):
     iso = box.isolation
-    assert iso["uid_drop"] is True and iso["uid"] == UID_BASE
+    assert iso["uid_drop"] is True and iso["uid"] == iso["uids"][0] >= UID_BASE
     assert {"mount", "network", "ipc"} <= set(iso["namespaces"])
     assert iso["private_tmp"] is True
     assert {"AS", "CPU", "FSIZE", "NOFILE", "NPROC"} <= set(iso["rlimits"])
     assert "subreaper" in iso["cleanup"]
 
 
+SLOW_SQUARE = "import time\ntime.sleep(1.5)\nprint(int(input()) ** 2)"
+
+
 @requires_root
+def test_two_sandboxes_side_by_side_get_disjoint_uids_and_cannot_kill_each_other():
+    """Two live sandboxes with the same uid_base (two Ray nodes on one machine): a program of one that kills
+    every process its uid may (kill(-1)) must not reach a program running in the other."""
+    import threading
+
+    config = SandboxConfig(workers=1, uid_base=UID_BASE)
+    with Sandbox(config) as first, Sandbox(config) as second:
+        uids = [w.isolation["uid"] for box in (first, second) for w in box._workers]
+        assert all(box.isolation["uid_drop"] for box in (first, second))
+        slow: list = []
+        runner = threading.Thread(target=lambda: slow.append(label(second, STDIN_ONE, SLOW_SQUARE, "lcb", timeout=3.0,
+                                                                   deadline=6.0)))
+        runner.start()
+        time.sleep(0.5)  # the slow program is sleeping in the second sandbox now
+        killer, _ = label(first, STDIN_ONE, "import os\nos.kill(-1, 9)\n" + STDIN_CODE["pass"], "lcb")
+        runner.join()
+        assert killer.verdict == "pass"  # kill(-1) as its own uid reached nothing it cares about
+        assert slow[0][0].verdict == "pass", slow[0]
+        assert len(set(uids)) == 2, uids
+        assert set(first.isolation["uids"]).isdisjoint(second.isolation["uids"])
+
+
 @requires_root
 @pytest.mark.parametrize("kind,style", [("check", "humaneval"), ("stdin", "apps"), ("stdin", "script"),
                                         ("call", "apps"), ("call", "script")])
@@ -872,7 +901,7 @@ def test_programs_run_as_the_unprivileged_sandbox_uid(box, kind, style):
     seen = {"check": outcome.error.removeprefix("RuntimeError: "), "stdin": (outcome.stdout or "").strip(),
             "call": (outcome.result or "")[1:-1]}[kind]  # the repr of a repr: strip the quotes
     uid, euid, gid, egid, groups = ast.literal_eval(seen)  # parsed, never evaluated
-    assert uid in SHARED_UIDS and uid == euid == gid == egid, seen
+    assert uid in box.isolation["uids"] and uid == euid == gid == egid, seen
     assert groups == []
 
 
@@ -911,7 +940,7 @@ def peak_rss_kb(pid: int) -> int:
 
 
 def test_event_flood_on_the_result_channel_keeps_memory_bounded():
-    with solo_box(5) as solo:
+    with solo_box() as solo:
         pid = solo._workers[0].proc.pid
         before = peak_rss_kb(pid)
         result = solo.run(Job(EVENT_FLOOD, "stdin", "script", inputs=[""], timeout=TIMEOUT, deadline=3.0))
@@ -923,7 +952,8 @@ def test_event_flood_on_the_result_channel_keeps_memory_bounded():
 
 @requires_root
 def test_package_installed_under_tmp_still_runs_programs(tmp_path):
-    """A checkout under /tmp (CI clones often live there) is re-exposed inside the worker's fresh /tmp."""
+    """A checkout under /tmp (CI clones often live there) works: its package is bound again inside every
+    fresh /tmp of the worker (also after a program left files there), and nothing else of it is visible."""
     import shutil
     import subprocess
     import sys
@@ -933,20 +963,24 @@ def test_package_installed_under_tmp_still_runs_programs(tmp_path):
     pkg = Path(codevalue.__file__).parent
     shutil.copytree(pkg, tmp_path / "codevalue", ignore=shutil.ignore_patterns("__pycache__", "data"))
     (tmp_path / "codevalue" / "data").mkdir()
-    (tmp_path / "cv_probe_mod.py").write_text("VALUE = 2\n")  # importable only through the checkout's path
+    (tmp_path / "cv_probe_mod.py").write_text("VALUE = 2\n")  # in the checkout, outside the package
     tmp_path.chmod(0o755)  # pytest makes it 0700; a clone is readable by others
     driver = ("from codevalue.sandbox import Sandbox, SandboxConfig, Job\n"
               "import codevalue, sys\n"
               "assert codevalue.__file__.startswith(sys.argv[1]), codevalue.__file__\n"
+              "probe = ('try:\\n    import cv_probe_mod\\n    seen = 1\\nexcept ImportError:\\n    seen = 0\\n'\n"
+              "         'import codevalue.compare\\nopen(\"/tmp/dirty\", \"w\").write(\"x\")\\n'\n"
+              "         'print(int(input()) * 2 + seen)')\n"
               "with Sandbox(SandboxConfig(workers=1)) as box:\n"
-              "    r = box.run(Job('import cv_probe_mod\\nprint(int(input()) * cv_probe_mod.VALUE)', 'stdin',\n"
-              "                    'script', ['21']))\n"
-              "    print(r.tests[0].stdout.strip(), box.isolation['private_tmp'])\n")
+              "    for _ in range(2):  # the second runs in a /tmp replaced after the first left a file\n"
+              "        r = box.run(Job(probe, 'stdin', 'script', ['21']))\n"
+              "        print(r.tests[0].stdout.strip() if r.tests[0].stdout else r)\n"
+              "    print(box.isolation['private_tmp'])\n")
     env = {**os.environ, "PYTHONPATH": str(tmp_path)}
     out = subprocess.run([sys.executable, "-c", driver, str(tmp_path)], env=env, capture_output=True, text=True,
                          timeout=60, cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.split() == ["42", "True"]
+    assert out.stdout.split() == ["42", "42", "True"], out.stdout
 
 
 def test_hiding_problems_adds_only_an_existing_problems_source(tmp_path):
@@ -957,3 +991,228 @@ def test_hiding_problems_adds_only_an_existing_problems_source(tmp_path):
     assert config.hiding_problems("humaneval").hidden_paths[1].endswith("problems.jsonl.gz")  # a bundled name
     assert config.hiding_problems("codeparrot/apps") is config  # a hub id: nothing on disk to hide
     assert config.hiding_problems([]) is config  # problems given as objects
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Hardening, round 2 (issue 16): one attack per test, each of which got through the sandbox before it
+
+HOST_VIEW = """
+import os, socket
+def read(path):
+    try:
+        with open(path, "rb") as f:
+            return "read"
+    except OSError as e:
+        return type(e).__name__
+def listing(path):
+    try:
+        return sorted(os.listdir(path))
+    except OSError as e:
+        return type(e).__name__
+def connect(path):
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.connect(path)
+        return "connected"
+    except OSError as e:
+        return type(e).__name__
+print(read(README), read(GIT_HEAD), read(PLANTED), connect(SOCKET))
+print(listing("/home"), listing("/srv"), listing(REPO))
+print(sorted(os.listdir("/")))
+"""
+
+
+@requires_root
+def test_host_filesystem_and_unix_sockets_are_not_visible(box):
+    """Only an allowlist of the host is visible: no checkout (README, git history), no planted data, no
+    filesystem socket (the network namespace does not cover those)."""
+    token = uuid.uuid4().hex
+    repo = Path(__file__).resolve().parent.parent
+    planted, sock_path = Path(f"/srv/cv-{token}.txt"), f"/run/cv-{token}.sock"
+    planted.write_text("labels of an earlier run")
+    planted.chmod(0o644)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        listener.bind(sock_path)
+        os.chmod(sock_path, 0o777)
+        listener.listen()
+        program = (HOST_VIEW.replace("README", repr(str(repo / "README.md")))
+                   .replace("GIT_HEAD", repr(str(repo / ".git" / "HEAD"))).replace("PLANTED", repr(str(planted)))
+                   .replace("SOCKET", repr(sock_path)).replace("REPO", repr(str(repo))))
+        lines = script(box, program).splitlines()
+    finally:
+        listener.close()
+        os.unlink(sock_path)
+        planted.unlink()
+    assert "read" not in lines[0].split() and "connected" not in lines[0], lines
+    home, srv, checkout = lines[1].split(" ", 2)
+    assert (home, srv) == ("FileNotFoundError", "FileNotFoundError"), lines
+    assert set(ast.literal_eval(checkout)) <= {"codevalue", ".venv"}, lines  # the package, not the checkout
+    top = set(ast.literal_eval(lines[2]))
+    assert top <= {"usr", "bin", "sbin", "lib", "lib32", "lib64", "libx32", "etc", "dev", "proc", "tmp", "var",
+                   "run", "root", "work", ".cv-imports"}, top  # root/work: only the path to Python and us
+    assert "srv" not in top and "home" not in top
+
+
+PROC_LISTING = """
+import os
+print(sorted(int(p) for p in os.listdir("/proc") if p.isdigit()))
+print(os.getpid())
+"""
+
+
+@requires_root
+def test_proc_shows_only_the_programs_own_processes(box):
+    pids = ast.literal_eval(script(box, PROC_LISTING).splitlines()[0])
+    assert os.getpid() not in pids and not set(worker_pids(box)) & set(pids), pids
+    assert len(pids) <= 2, pids  # the test process (and nothing of the host or of the harness)
+
+
+SYSV_IPC = """
+import ctypes
+libc = ctypes.CDLL(None, use_errno=True)
+KEY, CREATE = 0x5A17, 0o1666
+if MAKE:
+    print(libc.shmget(KEY, 4096, CREATE) >= 0, libc.msgget(KEY, CREATE) >= 0, libc.semget(KEY, 1, CREATE) >= 0)
+else:
+    print(libc.shmget(KEY, 0, 0) >= 0, libc.msgget(KEY, 0) >= 0, libc.semget(KEY, 0, 0) >= 0)
+"""
+
+
+def test_sysv_ipc_objects_do_not_reach_the_next_program():
+    with solo_box() as solo:
+        made = script(solo, SYSV_IPC.replace("MAKE", "True"))
+        found = script(solo, SYSV_IPC.replace("MAKE", "False"))
+    assert made == "True True True\n"  # the objects were made, and outlive their maker in its namespace...
+    assert found == "False False False\n"  # ...but the next program starts in a fresh one
+
+
+FORKED_HOARDERS = """
+import os, time
+n = int(input())
+pids = []
+for _ in range(3):
+    pid = os.fork()
+    if pid == 0:
+        hoard = b"x" * (160 << 20)  # touched: resident, not just reserved
+        time.sleep(1.0)
+        os._exit(0)
+    pids.append(pid)
+for pid in pids:
+    os.waitpid(pid, 0)
+print(n * n)
+"""
+
+
+def test_memory_limit_covers_all_processes_of_a_program():
+    """Three children of 160 MB each, every one under a 256 MB limit: together they are over it."""
+    with Sandbox(SandboxConfig(workers=1, uid_base=UID_BASE, memory_mb=256)) as small:
+        if small.isolation.get("memory", "").startswith("RLIMIT_AS"):
+            pytest.skip(f"no memory cgroup here: {small.isolation['memory']}")
+        job = make_job(STDIN_ONE, FORKED_HOARDERS, LabelConfig(mode="lcb", timeout=5.0, program_timeout=8.0))
+        result = small.run(job)
+        got = judge(STDIN_ONE, result, "lcb")
+        assert (got.verdict, result.oom_killed) == ("memory_exceeded", True), (got, result)
+        assert_still_works(small)
+
+
+FORGE_FROM_FRAMES = """
+import posix, re, sys
+def square(x):
+    return 0
+def candidates(frame):
+    found = set()
+    while frame is not None:
+        for scope in (frame.f_locals, frame.f_globals):
+            for value in list(scope.values()):
+                for v in (list(value.values()) if isinstance(value, dict) else [value]):
+                    if isinstance(v, bytes):
+                        v = v.decode("latin-1")
+                    if isinstance(v, str):
+                        found.update(re.findall("[0-9a-f]{16}", v))
+        frame = frame.f_back
+    return found
+def forge(found):
+    posix.write(3, b'{"t": "test", "i": 0, "status": "ok", "error": ""}\\n')
+    for nonce in found:
+        posix.write(3, b'{"t": "done", "nonce": "%s"}\\n' % nonce.encode())
+    posix._exit(0)
+"""
+FORGERIES = {
+    "frame walk": FORGE_FROM_FRAMES + "forge(candidates(sys._getframe()))",
+    "signal-handler frame": FORGE_FROM_FRAMES + (
+        "import signal\nsignal.signal(signal.SIGUSR1, lambda s, frame: forge(candidates(frame)))\n"
+        "posix.kill(posix.getpid(), signal.SIGUSR1)"),
+    "gc scan": FORGE_FROM_FRAMES + (
+        "import gc\nfound = set()\nfor o in gc.get_objects():\n"
+        "    if isinstance(o, dict):\n"
+        "        found.update(v for v in o.values() if isinstance(v, str) and re.fullmatch('[0-9a-f]{16}', v))\n"
+        "forge(found)"),
+    "/proc/self/mem": FORGE_FROM_FRAMES + (
+        "found = set()\nmem = open('/proc/self/mem', 'rb', buffering=0)\n"
+        "for line in open('/proc/self/maps'):\n"
+        "    span, perms = line.split()[:2]\n"
+        "    start, end = (int(a, 16) for a in span.split('-'))\n"
+        "    if perms.startswith('rw') and end - start < 1 << 28:\n"
+        "        try:\n            mem.seek(start)\n            data = mem.read(end - start)\n"
+        "        except OSError:\n            continue\n"
+        "        found.update(m.decode() for m in re.findall(rb'nonce.{1,8}?([0-9a-f]{16})', data))\n"
+        "forge(found)"),
+    "traceback through the guard": FORGE_FROM_FRAMES + (
+        "found = set()\ntry:\n    import gc\n    gc.get_objects()\nexcept Exception as e:\n    tb = e.__traceback__\n"
+        "    while tb is not None:\n        found |= candidates(tb.tb_frame)\n        tb = tb.tb_next\n"
+        "forge(found)"),
+    "spoofed completion event": FORGE_FROM_FRAMES + (
+        "posix.write(3, b'{\"t\": \"test\", \"i\": 0, \"status\": \"ok\", \"error\": \"\"}\\n')\n"
+        "sys.audit('codevalue.done')\nposix._exit(0)"),
+}
+
+
+@pytest.mark.parametrize("attack", list(FORGERIES.values()), ids=list(FORGERIES))
+def test_humaneval_pass_cannot_be_forged_from_inside(box, attack):
+    """A wrong program that digs the per-run nonce out of the harness and reports success before check()
+    fails: the nonce is out of its reach, and only the harness frame can have "done" written."""
+    got, result = timed_label(box, CHECK, attack)
+    assert not got.passed and not result.completed, (got, result)
+
+
+GIANT_EVENT = """
+import os
+os.write(3, b'{"t": "test", "i": 0, "status": "ok", "stdout": [' + b'{},' * 6_000_000 + b'{}]}\\n')
+print(int(input()) ** 2)
+"""
+
+
+def test_forged_giant_event_is_dropped_and_memory_stays_bounded():
+    with solo_box() as solo:
+        pid = solo._workers[0].proc.pid
+        before = peak_rss_kb(pid)
+        got, result = label(solo, STDIN_ONE, GIANT_EVENT, "lcb", timeout=3.0, deadline=5.0)
+        grown_mb = (peak_rss_kb(pid) - before) / 1024
+    assert got.verdict == "pass", (got, result)  # the forgery was dropped; the harness's own event counted
+    assert grown_mb < 48, f"the worker grew by {grown_mb:.0f} MB on an 18 MB forged event"
+
+
+NESTED_EVENT = """
+import os
+os.write(3, b'{"t": "x", "error": ' + b'[' * 400 + b']' * 400 + b'}\\n')
+print(int(input()) ** 2)
+"""
+
+
+def test_nested_event_does_not_break_a_caller_deep_in_its_stack(box):
+    """The labeller may be called from deep in a caller's stack (a framework, a recursive driver): no
+    program may make parsing its events raise RecursionError there (the job would die, and resume would
+    run the same program again forever)."""
+    import sys
+
+    def deep(n: int):
+        return deep(n - 1) if n else label(box, STDIN_ONE, NESTED_EVENT, "lcb")
+
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(1200)
+    try:
+        got, result = deep(900)
+    finally:
+        sys.setrecursionlimit(limit)
+    assert (got.verdict, result.infra_error) == ("pass", ""), (got, result)
