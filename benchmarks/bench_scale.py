@@ -1,0 +1,136 @@
+"""Scale benchmark of the execution engine: memory against the number of rollouts, Ray against local.
+
+    .venv/bin/python benchmarks/bench_scale.py [--sizes 10000,100000,1000000] [--skip-memory] [--skip-ray]
+
+1. Memory. Synthetic HumanEval-layout data: 1,000 problems, 20 distinct trivial programs each (`return j`,
+   one of them right), the other rollouts duplicates. For each size, `codevalue label` runs in a fresh
+   process and reports the peak RSS of that (the labelling) process, beside the input size; the sandbox
+   workers are separate processes with their own fixed footprint and are not counted. The baseline in the
+   same run is the smallest size: the table shows how peak RSS grows from there.
+2. Ray against local, same cores. The bundled 16,400 CodeGen-16B HumanEval samples (Codex stop list),
+   labelled by the local executor and by the Ray executor on a one-node local cluster with the same cores
+   (`--ray local`), in alternation (`--repeats` each), fresh outputs every time. Printed: wall time of the
+   run itself (the executor is up) and cluster start-up separately, programs/s, the ratio Ray/local, and
+   whether the two produced identical records.
+
+Run on a quiet machine: the ratios assume nothing else competes for the cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PEAK_RSS = ("import resource, sys; from codevalue.cli import main; rc = main(sys.argv[1:]); "
+            "print('PEAK_RSS_KB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr); "
+            "sys.exit(rc)")
+
+
+def synthetic(tmp: Path, n_rollouts: int, n_problems: int = 1000, distinct: int = 20) -> tuple[Path, Path]:
+    problems = tmp / "synthetic-problems.jsonl"
+    if not problems.exists():
+        problems.write_text("".join(json.dumps({
+            "task_id": f"S/{i}", "prompt": "def f():\n", "entry_point": "f",
+            "test": "def check(c):\n    assert c() == 0\n"}) + "\n" for i in range(n_problems)))
+    rollouts = tmp / f"synthetic-{n_rollouts}.jsonl"
+    with open(rollouts, "w") as f:
+        for k in range(n_rollouts):
+            pid, j = k % n_problems, (k // n_problems) % distinct
+            f.write(json.dumps({"problem_id": f"S/{pid}", "rollout_id": f"S/{pid}/{k}",
+                                "completion": f"    return {j}\n"}) + "\n")
+    return problems, rollouts
+
+
+def label_process(args: list[str]) -> tuple[float, int, dict]:
+    """Run `codevalue label ARGS` in a fresh process: (wall seconds, peak RSS in KiB, meta.json)."""
+    start = time.monotonic()
+    done = subprocess.run([sys.executable, "-c", PEAK_RSS, "label", *args, "--quiet"], capture_output=True,
+                          text=True, cwd=ROOT)
+    wall = time.monotonic() - start
+    if done.returncode != 0:
+        sys.exit(f"codevalue label failed:\n{done.stderr[-3000:]}")
+    peak = int(next(line.split()[1] for line in done.stderr.splitlines() if line.startswith("PEAK_RSS_KB")))
+    out = Path(args[args.index("--out") + 1])
+    return wall, peak, json.loads(out.with_name(out.name + ".meta.json").read_text())
+
+
+def bench_memory(tmp: Path, sizes: list[int]) -> None:
+    print("\n## Peak RSS of the labelling process against the number of rollouts")
+    print("(synthetic: 1,000 problems x 20 distinct programs, the rest duplicates; local executor, all cores)\n")
+    print(f"| {'rollouts':>9} | {'input MB':>8} | {'programs run':>12} | {'wall s':>7} | {'peak RSS MiB':>12} | "
+          f"{'x smallest':>10} |")
+    print("|---:|---:|---:|---:|---:|---:|")
+    first = None
+    for n in sizes:
+        problems, rollouts = synthetic(tmp, n)
+        out = tmp / f"labeled-{n}.jsonl"
+        wall, peak, meta = label_process(["--problems", str(problems), "--rollouts", str(rollouts),
+                                          "--out", str(out)])
+        first = first or peak
+        right = sum(min(1000, n - block * 1000) for block in range(0, -(-n // 1000), 20))  # blocks with j == 0
+        if (meta["rollouts"], meta["verdicts"].get("pass", 0)) != (n, right):
+            sys.exit(f"wrong labels at {n}: {meta['rollouts']} rollouts, {meta['verdicts']} (expected {right} pass)")
+        print(f"| {n:>9,} | {rollouts.stat().st_size / 2**20:>8.1f} | {meta['executed_programs']:>12,} | "
+              f"{wall:>7.1f} | {peak / 1024:>12.1f} | {peak / first:>10.2f} |", flush=True)
+        for path in (rollouts, out, out.with_name(out.name + ".programs.jsonl")):
+            path.unlink()
+
+
+def bench_ray(tmp: Path, repeats: int) -> None:
+    from codevalue.rollouts import CODEX_STOP, bundled_codegen_rollouts
+
+    rollouts = bundled_codegen_rollouts(tmp / "codegen.jsonl")
+    stops = [x for s in CODEX_STOP for x in ("--stop", s.encode("unicode_escape").decode())]
+    runs: dict[str, list[tuple[float, float, int]]] = {"local": [], "ray": []}
+    outputs: dict[str, bytes] = {}
+    print("\n## Ray executor (local one-node cluster, same cores) against the local executor")
+    print("(bundled 16,400 CodeGen-16B HumanEval samples, Codex stop list; fresh output every run)\n")
+    for r in range(repeats):
+        for kind in ("local", "ray"):
+            out = tmp / f"{kind}-{r}.jsonl"
+            extra = ["--ray", "local"] if kind == "ray" else []
+            _, _, meta = label_process(["--problems", "humaneval", "--rollouts", str(rollouts), "--out", str(out),
+                                        *stops, *extra])
+            runs[kind].append((meta["run_seconds"], meta["executor_start_seconds"], meta["executed_programs"]))
+            outputs.setdefault(kind, out.read_bytes())
+            same = out.read_bytes() == outputs["local"] if "local" in outputs else None
+            print(f"run {r + 1} {kind:>5}: {meta['executed_programs']} programs in {meta['run_seconds']} s "
+                  f"(+ {meta['executor_start_seconds']} s start-up), nodes {meta['executor']['nodes']}"
+                  f"{'' if same is None else ', identical records' if same else ', RECORDS DIFFER'}", flush=True)
+    print(f"\n| executor | run s (median of {repeats}) | start-up s | programs/s | x local |")
+    print("|---|---:|---:|---:|---:|")
+    local = statistics.median(s for s, _, _ in runs["local"])
+    for kind, rows in runs.items():
+        run = statistics.median(s for s, _, _ in rows)
+        start = statistics.median(s for _, s, _ in rows)
+        print(f"| {kind} | {run:.1f} | {start:.1f} | {rows[0][2] / run:.0f} | {local / run:.2f} |")
+    print(f"\nidentical records: {outputs['ray'] == outputs['local']}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", default="10000,100000,1000000")
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--skip-memory", action="store_true")
+    parser.add_argument("--skip-ray", action="store_true")
+    args = parser.parse_args()
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # the local cluster binds and advertises 127.0.0.1
+    print(f"cores: {os.cpu_count()}, load average before: {os.getloadavg()[0]:.2f}")
+    with tempfile.TemporaryDirectory(prefix="bench-scale-") as tmp:
+        if not args.skip_memory:
+            bench_memory(Path(tmp), [int(s) for s in args.sizes.split(",")])
+        if not args.skip_ray:
+            bench_ray(Path(tmp), args.repeats)
+    print(f"\nload average after: {os.getloadavg()[0]:.2f}")
+
+
+if __name__ == "__main__":
+    main()
