@@ -12,6 +12,8 @@
    (`--ray local`), in alternation (`--repeats` each), fresh outputs every time. Printed: wall time of the
    run itself (the executor is up) and cluster start-up separately, programs/s, the ratio Ray/local, and
    whether the two produced identical records.
+3. `--node-loss`: the bundled set on a two-node local cluster (1 core each) through `codevalue label --ray
+   HOST:PORT`, one node removed after it ran 2,000 programs; the records must equal the local executor's.
 
 Run on a quiet machine: the ratios assume nothing else competes for the cores.
 """
@@ -115,12 +117,50 @@ def bench_ray(tmp: Path, repeats: int) -> None:
     print(f"\nidentical records: {outputs['ray'] == outputs['local']}")
 
 
+def bench_node_loss(tmp: Path) -> None:
+    """The bundled set on a two-node cluster (1 core each), one node removed once it has run 2,000 programs:
+    every record must equal the local executor's."""
+    from ray.cluster_utils import Cluster
+
+    from codevalue.rollouts import CODEX_STOP, bundled_codegen_rollouts
+
+    rollouts = bundled_codegen_rollouts(tmp / "codegen.jsonl")
+    stops = [x for s in CODEX_STOP for x in ("--stop", s.encode("unicode_escape").decode())]
+    local_out = tmp / "local-ref.jsonl"
+    label_process(["--problems", "humaneval", "--rollouts", str(rollouts), "--out", str(local_out), *stops])
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    doomed = cluster.add_node(num_cpus=1)
+    cluster.wait_for_nodes()
+    out = tmp / "two-nodes.jsonl"
+    log = tmp / "two-nodes.jsonl.programs.jsonl"
+    proc = subprocess.Popen([sys.executable, "-m", "codevalue", "label", "--problems", "humaneval", "--rollouts",
+                             str(rollouts), "--out", str(out), *stops, "--ray", cluster.address, "--quiet"],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    while proc.poll() is None:
+        if log.exists() and sum(doomed.node_id in line for line in log.read_text().splitlines()) >= 2000:
+            cluster.remove_node(doomed)
+            print(f"removed node {doomed.node_id[:12]} after it ran 2,000 programs", flush=True)
+            break
+        time.sleep(0.5)
+    stdout, stderr = proc.communicate()
+    cluster.shutdown()
+    if proc.returncode != 0:
+        sys.exit(f"two-node run failed:\n{stderr[-3000:]}")
+    meta = json.loads(out.with_name(out.name + ".meta.json").read_text())
+    print("\n## Two nodes, one lost mid-run (bundled set)\n")
+    print(f"executor: {json.dumps(meta['executor'])}")
+    keys = [json.loads(line)["key"] for line in log.read_text().splitlines()]
+    print(f"programs: {meta['executed_programs']}, results logged {len(keys)}, distinct {len(set(keys))}; "
+          f"records identical to the local executor's: {out.read_bytes() == local_out.read_bytes()}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="10000,100000,1000000")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--skip-memory", action="store_true")
     parser.add_argument("--skip-ray", action="store_true")
+    parser.add_argument("--node-loss", action="store_true", help="also: the bundled set on two nodes, one lost")
     args = parser.parse_args()
     os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # the local cluster binds and advertises 127.0.0.1
     print(f"cores: {os.cpu_count()}, load average before: {os.getloadavg()[0]:.2f}")
@@ -129,6 +169,8 @@ def main() -> None:
             bench_memory(Path(tmp), [int(s) for s in args.sizes.split(",")])
         if not args.skip_ray:
             bench_ray(Path(tmp), args.repeats)
+        if args.node_loss:
+            bench_node_loss(Path(tmp))
     print(f"\nload average after: {os.getloadavg()[0]:.2f}")
 
 

@@ -123,3 +123,21 @@ def test_a_node_lost_mid_run_costs_no_label(cluster, tmp_path):
 def test_bad_ray_address_is_one_clear_error(address):
     with pytest.raises(CodevalueError, match="auto, local or HOST:PORT"):
         connect(address)
+
+
+def test_checks_on_the_cluster_match_local_checks(cluster, tmp_path):
+    from codevalue.checks import run_checks
+
+    every = tmp_path / "all.jsonl"
+    bundled_codegen_rollouts(every)
+    sample = [r for r in _rows(every) if r["sample_index"] < 3 and int(r["problem_id"].split("/")[1]) < 8]
+    labeled = tmp_path / "labeled.jsonl"
+    labeled.write_text("".join(json.dumps(r) + "\n" for r in sample))
+    local = run_checks(labeled, "humaneval", tmp_path / "local.jsonl", sandbox=SandboxConfig(workers=1),
+                       progress=False)
+    remote = run_checks(labeled, "humaneval", tmp_path / "ray.jsonl", sandbox=SandboxConfig(workers=1),
+                        progress=False, ray=cluster.address)
+    strip = _rows(tmp_path / "local.jsonl")
+    assert _rows(tmp_path / "ray.jsonl") == strip
+    assert any("1" in r["checks"]["passed"] for r in strip) and any("0" in r["checks"]["passed"] for r in strip)
+    assert remote["executor"]["kind"] == "ray" and sum(remote["executor"]["nodes"].values()) == local["programs_run"]
