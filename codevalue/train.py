@@ -83,7 +83,8 @@ class ValueTrainingArguments(TrainingArguments):
         self.report_to = self.report_to if self.report_to not in (None, "all") else "none"
         self.remove_unused_columns = False
         self.label_names = ["value_labels"]
-        if launched_processes() > 1 and not torch.accelerator.is_available():
+        deepspeed = self.deepspeed or os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true"
+        if launched_processes() > 1 and not torch.accelerator.is_available() and not deepspeed:
             self.use_cpu = True  # several processes and no GPU: accelerate's CPU state, DDP over gloo
         super().__post_init__()
 
@@ -253,6 +254,11 @@ class ValueTrainer(Trainer):
 
 
 def prepare_model(args: ValueTrainingArguments, base: str | None, tiny: str | None, num_labels: int):
+    from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
+
+    if not base and is_deepspeed_zero3_enabled():  # transformers' weight init fails on shards of a new model
+        raise CodevalueError("ZeRO-3 needs a saved backbone (--base), not --tiny; save a tiny one with "
+                             "`codevalue pretrain` or train a tiny model without DeepSpeed")
     tokenizer = load_tokenizer(base) if base else load_tokenizer()
     if base:
         model = load_backbone(base, num_labels=num_labels)
@@ -269,6 +275,16 @@ def prepare_model(args: ValueTrainingArguments, base: str | None, tiny: str | No
     elif args.train_last_layers >= 0:
         freeze_all_but_last(model, args.train_last_layers)
     return model, tokenizer
+
+
+@dataclass
+class _WithStateDict:
+    """A model saved with weights gathered from every rank (under ZeRO-3 each rank's module holds a shard)."""
+    model: Any
+    state_dict: dict
+
+    def save_pretrained(self, path: str | os.PathLike) -> None:
+        self.model.save_pretrained(path, state_dict=self.state_dict)
 
 
 def train_value_model(examples: str | os.PathLike | list[dict], output_dir: str | os.PathLike,
@@ -330,8 +346,7 @@ def train_value_model(examples: str | os.PathLike | list[dict], output_dir: str 
         "metrics": {k: (round(v, 5) if isinstance(v, float) else v) for k, v in metrics.items()},
     }
     if trainer.is_world_process_zero():  # one writer, whatever the launcher
-        ValueModel(model, tokenizer, spec).save_pretrained(output_dir, extra=meta)
-        if state_dict is not None:
-            model.save_pretrained(output_dir, state_dict=state_dict)
+        saved = model if state_dict is None else _WithStateDict(model, state_dict)
+        ValueModel(saved, tokenizer, spec).save_pretrained(output_dir, extra=meta)
     trainer.accelerator.wait_for_everyone()  # the checkpoint is complete when any rank returns
     return meta

@@ -545,3 +545,40 @@ def test_accelerate_cpu_launch_that_starts_one_process_is_refused(tmp_path, monk
     monkeypatch.setenv("WORLD_SIZE", "2")  # what torchrun / accelerate --multi_gpu set
     assert train_mod.launched_processes() == 2
     train_mod.check_launch()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the DeepSpeed ZeRO-3 launch configuration (no DeepSpeed run here: it needs GPUs)
+
+
+ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
+
+
+def test_zero3_accelerate_config_loads():
+    from accelerate.commands.config.config_args import load_config_from_file
+    from accelerate.utils import DistributedType
+
+    config = load_config_from_file(str(ROOT / "configs" / "accelerate_zero3.yaml"))
+    assert config.distributed_type == DistributedType.DEEPSPEED and not config.use_cpu
+    ds_file = ROOT / config.deepspeed_config["deepspeed_config_file"]  # relative to the repository root
+    ds = json.loads(ds_file.read_text())
+    assert ds["zero_optimization"]["stage"] == 3
+    assert ds["zero_optimization"]["stage3_gather_16bit_weights_on_model_save"] is True  # what saving gathers
+
+
+def test_zero3_config_autos_are_filled_by_the_trainer(tmp_path):
+    pytest.importorskip("deepspeed")
+    from transformers.integrations.deepspeed import HfTrainerDeepSpeedConfig
+
+    args = ValueTrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=2,
+                                  gradient_accumulation_steps=4, learning_rate=1e-4)
+    config = HfTrainerDeepSpeedConfig(str(ROOT / "configs" / "ds_zero3.json"))
+    config.trainer_config_process(args)
+
+    class Model:
+        class config:
+            hidden_size = 5120  # Phi-4
+
+    config.trainer_config_finalize(args, Model, num_training_steps=100)
+    assert "auto" not in json.dumps(config.config)
+    assert config.config["train_micro_batch_size_per_gpu"] == 2 and config.config["optimizer"]["params"]["lr"] == 1e-4
