@@ -79,25 +79,33 @@ class _ScorerActor:
         return score_fields(self.vm, *chunk, batch_size=batch_size, per_token=per_token)
 
 
-def ray_scorers(model_dir: str, actors: int | None = None) -> list:
-    """Start the model replicas: one per GPU of the cluster (num_gpus=1 each), or without GPUs one per node
-    sharing its cores (torch inside an actor uses the num_cpus it was given). A replica that dies is restarted
-    and its chunk retried (scoring is pure)."""
-    import ray
-
-    nodes = [n for n in ray.nodes() if n["Alive"] and n["Resources"].get("CPU", 0) >= 1]
-    gpus = int(ray.cluster_resources().get("GPU", 0))
+def replica_plan(nodes: list[dict], actors: int | None = None) -> tuple[int, dict[str, float]]:
+    """How many replicas and the resources of each, from `ray.nodes()`: one per GPU (num_gpus=1) when the
+    cluster has GPUs, else one per node with the cores of the smallest node (torch in an actor uses the
+    num_cpus it was given); `actors` overrides the count. Refuses a count that cannot fit, on which Ray
+    would wait forever."""
+    alive = [x["Resources"] for x in nodes if x["Alive"] and x["Resources"].get("CPU", 0) >= 1]
+    if not alive:
+        raise CodevalueError("the Ray cluster has no node with a CPU")
+    gpus = sum(int(r.get("GPU", 0)) for r in alive)
     if gpus:
         n, resources, room = actors or gpus, {"num_gpus": 1, "num_cpus": 1}, gpus
     else:
-        if not nodes:
-            raise CodevalueError("the Ray cluster has no node with a CPU")
-        n = actors or len(nodes)
-        per_node = -(-n // len(nodes))
-        resources = {"num_cpus": max(1, int(min(x["Resources"]["CPU"] for x in nodes)) // per_node)}
-        room = sum(int(x["Resources"]["CPU"]) // resources["num_cpus"] for x in nodes)
-    if n > room:  # Ray would wait for resources that never come
+        n = actors or len(alive)
+        per_node = -(-n // len(alive))
+        resources = {"num_cpus": max(1, int(min(r["CPU"] for r in alive)) // per_node)}
+        room = sum(int(r["CPU"]) // resources["num_cpus"] for r in alive)
+    if n > room:
         raise CodevalueError(f"{n} model replicas do not fit on the Ray cluster (room for {room})")
+    return n, resources
+
+
+def ray_scorers(model_dir: str, actors: int | None = None) -> list:
+    """Start the model replicas (see replica_plan), spread over the nodes. A replica that dies is restarted
+    and its chunk scored again (scoring is pure)."""
+    import ray
+
+    n, resources = replica_plan(ray.nodes(), actors)
     remote = ray.remote(max_restarts=2, max_task_retries=2)(_ScorerActor)
     handles = [remote.options(scheduling_strategy="SPREAD", **resources).remote(model_dir) for _ in range(n)]
     ray.get([h.where.remote() for h in handles])  # fail here, naming the problem, if a replica cannot load

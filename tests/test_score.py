@@ -237,3 +237,24 @@ def test_ray_scoring_needs_a_model_directory(tmp_path, vm, model_dir):
         score_file(vm, rollouts, tmp_path / "s.jsonl", ray_address="local")
     with pytest.raises(CodevalueError, match="--ray-actors must be at least 1"):
         score_file(model_dir, rollouts, tmp_path / "s.jsonl", ray_address="local", ray_actors=0)
+
+
+def test_replica_plan_one_per_gpu_else_one_per_node():
+    from codevalue.score import replica_plan
+
+    def node(cpu, gpu=0, alive=True):
+        return {"Alive": alive, "Resources": {"CPU": float(cpu), **({"GPU": float(gpu)} if gpu else {})}}
+
+    gpu_cluster = [node(32, 4), node(32, 4), node(8)]
+    assert replica_plan(gpu_cluster) == (8, {"num_gpus": 1, "num_cpus": 1})
+    assert replica_plan(gpu_cluster, actors=3) == (3, {"num_gpus": 1, "num_cpus": 1})
+    cpu_cluster = [node(16), node(8), node(64, alive=False)]
+    assert replica_plan(cpu_cluster) == (2, {"num_cpus": 8})  # one per live node, the smaller node's cores
+    assert replica_plan(cpu_cluster, actors=4) == (4, {"num_cpus": 4})
+    assert replica_plan([node(2)], actors=2) == (2, {"num_cpus": 1})
+    with pytest.raises(CodevalueError, match="3 model replicas do not fit"):
+        replica_plan([node(2)], actors=3)
+    with pytest.raises(CodevalueError, match="9 model replicas do not fit"):
+        replica_plan(gpu_cluster, actors=9)
+    with pytest.raises(CodevalueError, match="no node with a CPU"):
+        replica_plan([node(4, alive=False)])
