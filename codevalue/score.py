@@ -108,7 +108,12 @@ def ray_scorers(model_dir: str, actors: int | None = None) -> list:
     n, resources = replica_plan(ray.nodes(), actors)
     remote = ray.remote(max_restarts=2, max_task_retries=2)(_ScorerActor)
     handles = [remote.options(scheduling_strategy="SPREAD", **resources).remote(model_dir) for _ in range(n)]
-    ray.get([h.where.remote() for h in handles])  # fail here, naming the problem, if a replica cannot load
+    try:
+        ray.get([h.where.remote() for h in handles])  # fail here, naming the problem, if a replica cannot load
+    except Exception:
+        for h in handles:
+            ray.kill(h)
+        raise
     return handles
 
 
@@ -146,20 +151,27 @@ def score_file(model: str | os.PathLike | ValueModel, rollouts: str | os.PathLik
     size = chunk_size or max(batch_size * 16, 256)
     chunks = [(prompts[i:i + size], completions[i:i + size], suffixes[i:i + size])
               for i in range(0, len(records), size)]
+    replicas = []
     if vm is not None:
         results = (score_fields(vm, *chunk, batch_size, per_token) for chunk in chunks)
     else:
-        from ray.util import ActorPool
-
         from .raycluster import connect
 
-        connect(ray_address)
-        pool = ActorPool(ray_scorers(str(Path(model).resolve()), ray_actors))
-        results = pool.map(lambda actor, chunk: actor.score.remote(chunk, batch_size, per_token), chunks)
-    start = 0
-    for fields in tqdm(results, total=len(chunks), disable=not progress, desc="score", unit="chunk"):
-        for rec, f in zip(records[start:start + len(fields)], fields, strict=True):
-            rec.update(f)
-        start += len(fields)
+        connect(ray_address)  # first: it says how to install Ray when it is missing
+        import ray
+        from ray.util import ActorPool
+
+        replicas = ray_scorers(str(Path(model).resolve()), ray_actors)
+        results = ActorPool(replicas).map(lambda actor, chunk: actor.score.remote(chunk, batch_size, per_token),
+                                          chunks)
+    try:
+        start = 0
+        for fields in tqdm(results, total=len(chunks), disable=not progress, desc="score", unit="chunk"):
+            for rec, f in zip(records[start:start + len(fields)], fields, strict=True):
+                rec.update(f)
+            start += len(fields)
+    finally:
+        for replica in replicas:  # release their GPUs now, not when this driver exits
+            ray.kill(replica)
     write_jsonl(out, records)
     return {"rollouts": len(records), "out": str(Path(out))}
