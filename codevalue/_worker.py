@@ -162,6 +162,7 @@ class _Mounts:
         for d in WRITABLE_DIRS:
             os.makedirs(new + d, exist_ok=True)
         os.makedirs(new + STASH, mode=0o700)
+        os.mkdir(new + STASH + "/mqueue", mode=0o700)
         for i, path in enumerate(self.needed):
             if any(path == s or path.startswith(s + "/") for s in ("/usr",)):
                 target = new + path  # already there, under the /usr bind
@@ -183,6 +184,9 @@ class _Mounts:
         _check(_libc.umount2(b"/.old", MNT_DETACH), "detach the old root")
         os.rmdir("/.old")
         _check(_libc.mount(None, b"/", None, MS_REMOUNT | MS_RDONLY | MS_NOSUID, None), "read-only root")
+        global MQUEUE
+        MQUEUE = STASH + "/mqueue"
+        _mount_mqueue()
         for d in WRITABLE_DIRS:
             self.cover(d, "1777")
 
@@ -270,7 +274,7 @@ CGROUP: _MemoryCgroup | None = None  # set by setup_isolation where available
 def setup_isolation(slot: int, uid: int, hidden: list[str] = ()) -> dict:
     """Enter new namespaces once for this worker; report what is in force (shown to users verbatim)."""
     global MOUNTS, CGROUP
-    info = {"uid_drop": False, "namespaces": [], "private_tmp": False, "ipc_per_program": False,
+    info = {"uid_drop": False, "namespaces": [], "private_tmp": False, "fresh_ipc": False,
             "cleanup": "process group",
             "rlimits": ["AS", "CPU", "FSIZE", "NOFILE", "CORE"], "notes": []}
     is_root = os.geteuid() == 0
@@ -294,7 +298,7 @@ def setup_isolation(slot: int, uid: int, hidden: list[str] = ()) -> dict:
                     f.write(text)
             info["namespaces"].append("user")
         info["namespaces"] += ["mount", "network", "ipc", "uts"]
-        info["ipc_per_program"] = True  # and a fresh IPC namespace for every program (see _enter_child)
+        info["fresh_ipc"] = True  # a fresh IPC namespace whenever a program left IPC objects (see _clean_ipc)
         _check(_libc.mount(b"none", b"/", None, MS_REC | MS_PRIVATE, None), "make / private")
         MOUNTS = _Mounts(list(hidden))  # its descriptors must belong to the new mount namespace
         try:
@@ -357,8 +361,6 @@ def _enter_child(job: dict, write_fd: int, workdir: str, iso: dict) -> None:
     """Lock down the freshly forked child (everything but the uid drop) before any program code runs."""
     if CGROUP is not None:
         os.write(CGROUP.join_fd, b"0")  # this process and all it starts: one memory budget
-    if iso["ipc_per_program"]:
-        _unshare(CLONE_NEWIPC)  # SysV shm/queues/semaphores and POSIX queues die with the program
     os.setsid()
     devnull = os.open("/dev/null", os.O_RDWR)
     for fd in (0, 1, 2):
@@ -531,6 +533,33 @@ def _clean(workdir: str, iso: dict) -> None:
         subprocess.run(["rm", "-rf", "--one-file-system", workdir], check=True, timeout=60)
 
 
+SYSV_IPC = ("/proc/sysvipc/shm", "/proc/sysvipc/msg", "/proc/sysvipc/sem")
+
+
+def _clean_ipc() -> None:
+    """No IPC object survives into the next program: if this one left any (SysV shared memory, message
+    queues, semaphores, POSIX message queues), we move to a fresh IPC namespace, and the old one dies with
+    its objects. Checking costs three small reads; a namespace per program would cost ~1 ms each."""
+    dirty = False
+    for path in SYSV_IPC:  # a header line, then one line per object of our IPC namespace
+        with open(path, "rb") as f:
+            dirty = dirty or f.read().count(b"\n") > 1
+    if dirty or (MQUEUE and os.listdir(MQUEUE)):
+        _unshare(CLONE_NEWIPC)
+        if MQUEUE:
+            _check(_libc.umount2(MQUEUE.encode(), MNT_DETACH), "unmount mqueue")
+            _mount_mqueue()
+
+
+def _mount_mqueue() -> None:
+    """The POSIX message queues of our (current) IPC namespace, visible to us alone (STASH is 0700)."""
+    _check(_libc.mount(b"mqueue", MQUEUE.encode(), b"mqueue", MS_NOSUID | MS_NODEV | MS_NOEXEC, None),
+           "mount mqueue")
+
+
+MQUEUE = ""  # where _mount_mqueue mounts, when we have a root of our own
+
+
 def run_job(job: dict, iso: dict) -> dict:
     workdir = tempfile.mkdtemp(prefix="cv-")
     if iso["uid_drop"]:
@@ -561,6 +590,8 @@ def run_job(job: dict, iso: dict) -> dict:
     wall = time.monotonic() - start
     leftovers = _sweep(iso)
     _clean(workdir, iso)
+    if iso["fresh_ipc"]:
+        _clean_ipc()
     return {
         "oom_kills": CGROUP.oom_kills() - oom_before if CGROUP is not None else 0,
         "events": events,
