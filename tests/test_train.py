@@ -495,10 +495,20 @@ def free_loopback_port() -> int:
         return s.getsockname()[1]
 
 
-def test_ddp_on_two_cpu_processes_takes_the_steps_of_one(tmp_path, capsys):
-    """`accelerate launch --multi_gpu --num_processes 2` on a machine without GPU: DDP over gloo on loopback.
-    Same global batch (per-process batch halved) -> the same optimizer steps over the same data; rank 0 alone
-    reports and writes, and the checkpoint loads."""
+MPI_AS_ROOT = {"OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"}  # Open MPI refuses root else
+MPI_ON_LOOPBACK = {"OMPI_MCA_oob_tcp_if_include": "lo", "OMPI_MCA_btl_tcp_if_include": "lo",
+                   "OMPI_MCA_btl": "self,vader"}
+
+
+@pytest.mark.parametrize("launcher", [
+    "torchrun",  # accelerate's --multi_gpu launcher (torchrun); without a GPU each rank is a CPU process
+    pytest.param("mpirun", marks=pytest.mark.skipif(__import__("shutil").which("mpirun") is None,
+                                                    reason="accelerate --cpu needs mpirun for several processes")),
+])
+def test_ddp_on_two_cpu_processes_takes_the_steps_of_one(tmp_path, capsys, launcher):
+    """Two CPU processes, DDP over gloo on loopback, launched by `accelerate launch --multi_gpu` (torchrun) or
+    `accelerate launch --cpu --mpirun_hostfile` (MPI). Same global batch (per-process batch halved) -> the same
+    optimizer steps over the same data; rank 0 alone reports and writes, and the checkpoint loads."""
     import os
     import subprocess
     import sys
@@ -513,9 +523,16 @@ def test_ddp_on_two_cpu_processes_takes_the_steps_of_one(tmp_path, capsys):
 
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ACCELERATE_", "RANK", "WORLD_SIZE", "LOCAL_"))}
     env |= {"MASTER_ADDR": "127.0.0.1", "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1"}  # loopback only
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--num_machines", "1",
+              "--mixed_precision", "no", "--dynamo_backend", "no",
               "--main_process_ip", "127.0.0.1", "--main_process_port", str(free_loopback_port())]
+    if launcher == "torchrun":
+        launch.append("--multi_gpu")
+    else:
+        hosts = tmp_path / "hosts"
+        hosts.write_text("localhost slots=2\n")
+        launch += ["--cpu", "--mpirun_hostfile", str(hosts)]
+        env |= MPI_AS_ROOT | MPI_ON_LOOPBACK
     run = subprocess.run([*launch, "-m", "codevalue", "train", str(targets), "-o", str(tmp_path / "two"),
                           "--batch-size", "4", *common], env=env, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
