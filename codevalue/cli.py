@@ -262,11 +262,18 @@ def _print_results(results: dict, published: dict | None = None) -> None:
     row("random pick (exact expectation)", first["random_pass@1"])
     if "first_sample_pass@1" in first:
         row("first sample", first["first_sample_pass@1"])
+
+    def num(x: float | None) -> str:
+        return "-" if x is None else f"{x:.3f}"  # None: undefined (one class) or not a probability
+
     for name, m in results.items():
-        auc = m["auroc_mean_per_problem"]
         row(f"{name} (reranked)", m["reranked_pass@1"])
-        print(f"{'':<40}AUROC pooled {m['auroc_pooled']:.3f}, per problem "
-              f"{auc if auc is None else round(auc, 3)}, ECE {m['ece']:.3f}")
+        print(f"{'':<40}AUROC pooled {num(m['auroc_pooled'])}, per problem {num(m['auroc_mean_per_problem'])}, "
+              f"ECE {num(m['ece'])}")
+        if "paired_vs_first" in m:
+            c, d = m["paired_vs_first"], m["paired_vs_first"]["difference_pass@1"]
+            print(f"{'':<40}vs {c['against']}: {d['mean']:+.1f} points [{d['ci_low']:.1f}, {d['ci_high']:.1f}] "
+                  f"(paired), wins {c['wins']:.0%} of problems, ties {c['ties']:.0%}")
     row("oracle (any rollout passes)", first["oracle_pass@1"])
     for name, value in (published or {}).items():
         print(f"{name + ' (published)':<40}{value:>9.1f}")

@@ -15,12 +15,14 @@ from codevalue.evaluate import (
     FRACTIONS,
     ProblemScores,
     _value_at_fraction,
+    auroc_by_ranks,
     best_of_n,
     bootstrap_ci,
     evaluate_files,
     evaluate_problems,
     expected_calibration_error,
     load_scores,
+    paired_comparison,
     tie_averaged_order,
     write_report,
 )
@@ -147,6 +149,17 @@ def test_value_at_fraction_index_is_ceil_minus_one(length, expected):
         assert _value_at_fraction(tv, f) == max(0, -(-round(10 * f) * length // 10) - 1)
 
 
+@pytest.mark.parametrize("seed", range(4))
+def test_auroc_by_ranks_matches_sklearn(seed):
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(seed)
+    scores, labels = rng.integers(0, 4, size=30) / 3, rng.random(30) < 0.4  # ties on purpose
+    assert auroc_by_ranks(scores, labels) == pytest.approx(roc_auc_score(labels, scores))
+    assert auroc_by_ranks(arr(0.9, 0.5, 0.5), arr(T, T, F)) == pytest.approx(0.75)  # a tie counts 1/2
+    assert auroc_by_ranks(arr(0.9, 0.5), arr(T, T)) is None
+
+
 def test_value_at_fraction_empty_is_nan():
     assert math.isnan(_value_at_fraction([], 0.5))
 
@@ -237,10 +250,10 @@ def test_evaluate_problems_process_reward():
     # 4 tokens: fractions up to 0.5 read index 0 or 1 (1 - value), from 0.6 on index 2 or 3 (the value)
     for f in ("0.1", "0.2", "0.3", "0.4", "0.5"):
         # reversed order picks: P1 the 0.3 fail, P2 the 0.2 fail, P3 a fail, P4 the 0.05 pass
-        assert prm[f]["reranked_pass@1"] == pytest.approx(25.0), f
+        assert prm[f]["reranked_pass@1"]["mean"] == pytest.approx(25.0), f
         assert prm[f]["auroc_pooled"] == pytest.approx(1 - 15.5 / 32), f
     for f in ("0.6", "0.7", "0.8", "0.9", "1.0"):
-        assert prm[f]["reranked_pass@1"] == pytest.approx(37.5), f
+        assert prm[f]["reranked_pass@1"]["mean"] == pytest.approx(37.5), f
         assert prm[f]["auroc_pooled"] == pytest.approx(15.5 / 32), f
     assert m["prm_beats_random_from_fraction"] == 0.6
 
@@ -274,7 +287,7 @@ def score_records(values_by_problem: dict[str, list[float]], token_values: bool 
     for pid, values in values_by_problem.items():
         passed = [T, F, F, T][:len(values)]
         for i, (v, p) in enumerate(zip(values, passed, strict=True)):
-            rec = {"problem_id": pid, "rollout_id": i, "passed": p, "value": v, "sample_index": i}
+            rec = {"problem_id": pid, "rollout_id": f"{pid}/{i}", "passed": p, "value": v, "sample_index": i}
             if token_values:
                 rec["token_values"] = [0.5, (0.5 + v) / 2, v]
             records.append(rec)
@@ -342,7 +355,7 @@ def test_evaluate_files_writes_report(tmp_path, two_critics):
         assert is_png(out / name), name
     report = (out / "report.md").read_text()
     assert "3 problems, 12 rollouts" in report
-    table = [line for line in report.splitlines() if line.startswith(("| good |", "| bad |"))]
+    table = [line for line in report.split("## Paired")[0].splitlines() if line.startswith(("| good |", "| bad |"))]
     assert len(table) == 2
     assert "| CodeT (published) | 36.7 |" in report
     assert "## Process reward: good" in report and "## Process reward: bad" in report
@@ -401,3 +414,179 @@ def test_cli_evaluate_bad_input_exit_code(tmp_path, capsys):
     path = write_lines(tmp_path / "s.jsonl", [{"problem_id": "A", "passed": True}])
     assert main(["evaluate", str(path), "-o", str(tmp_path / "r")]) == 2
     assert "field 'value'" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------------------
+# research inputs (issue 12): real-valued scores, degenerate files, bad values, different rollout sets,
+# duplicates, paired comparison, process-reward intervals
+
+
+def test_real_valued_scores_rank_like_any_monotone_transform_and_skip_calibration(tmp_path, capsys):
+    problems = hand_problems(token_values=True)
+    logprob_like = hand_problems(token_values=True)
+    for p in logprob_like:  # mean log-probability style: negative, unbounded, same order
+        p.values = np.log(p.values) - 5
+        p.token_values = [[float(np.log(v) - 5) for v in tv] for tv in p.token_values]
+    m, ref = evaluate_problems(logprob_like), evaluate_problems(problems)
+    for key in ("reranked_pass@1", "best_of_n", "auroc_pooled", "auroc_mean_per_problem", "improvement_over_random"):
+        assert m[key] == pytest.approx(ref[key]), key
+    assert [r["reranked_pass@1"] for r in m["process_reward"].values()] == \
+        [r["reranked_pass@1"] for r in ref["process_reward"].values()]
+    assert m["scores_in_unit_interval"] is False and ref["scores_in_unit_interval"] is True
+    assert m["brier"] is m["log_loss"] is m["ece"] is m["reliability"] is None
+    recs = score_records({"A": [-0.3, -2.0, -1.1, -0.7], "B": [-4.0, -0.2, -0.9, -1.5]})
+    out = tmp_path / "r"
+    assert main(["evaluate", str(write_lines(tmp_path / "logprob.jsonl", recs)), "-o", str(out)]) == 0
+    report = (out / "report.md").read_text()
+    assert "Brier and ECE only for scores in [0, 1]: not for logprob (scores in [-4, -0.2])" in report
+    assert "| logprob | 50.0 [" in report  # A: top -0.3 passes, B: top -0.2 fails
+    # pooled: passes at -0.3, -0.7, -4.0, -1.5 beat 3, 3, 0 and 1 of the fails at -2.0, -1.1, -0.2, -0.9: 7/16
+    assert "reliability.png" not in report and "AUROC pooled 0.438" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("passed,word", [(False, "fails"), (True, "passes")])
+def test_every_rollout_fails_or_passes_is_reported(tmp_path, capsys, passed, word):
+    recs = score_records({"A": [0.9, 0.2, 0.4], "B": [0.1, 0.3]})
+    for r in recs:
+        r["passed"] = passed
+    out = tmp_path / "r"
+    assert main(["evaluate", str(write_lines(tmp_path / "s.jsonl", recs)), "-o", str(out)]) == 0
+    m = json.loads((out / "metrics.json").read_text())["s"]
+    assert m["degenerate"] == f"every rollout {word}"
+    assert m["auroc_pooled"] is None and m["auroc_mean_per_problem"] is None
+    assert m["reranked_pass@1"]["mean"] == m["random_pass@1"]["mean"] == m["oracle_pass@1"]["mean"] == 100 * passed
+    assert m["relative_improvement_%"] == (0.0 if passed else None)  # no random pass rate to improve on
+    assert m["brier"] == pytest.approx(np.mean((np.array([0.9, 0.2, 0.4, 0.1, 0.3]) - passed) ** 2))
+    assert f"Every rollout {word}: AUROC is undefined" in (out / "report.md").read_text()
+    assert "AUROC pooled -, per problem -" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("field,bad", [("value", None), ("value", float("nan")), ("value", float("inf")),
+                                       ("value", "0.5"), ("value", True), ("passed", None),
+                                       ("token_values", [0.1, None]), ("mean_logprob", float("nan"))])
+def test_bad_numbers_refused_naming_file_record_field(tmp_path, capsys, field, bad):
+    recs = score_records({"A": [0.9, 0.2, 0.4]})
+    recs[1][field] = bad
+    path = write_lines(tmp_path / "s.jsonl", recs)
+    with pytest.raises(DataError, match=f"s.jsonl, record 2, field '{field}': ") as e:
+        load_scores(path)
+    assert e.value.line == 2 and e.value.field == field
+    assert main(["evaluate", str(path), "-o", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "record 2, field" in err
+
+
+def test_duplicate_rollout_id_refused(tmp_path):
+    recs = score_records({"A": [0.9, 0.2], "B": [0.1, 0.3]})
+    recs[3]["rollout_id"] = "A/0"
+    with pytest.raises(DataError,
+                       match=r"record 4, field 'rollout_id': duplicate rollout_id 'A/0' \(first on record 1\)"):
+        evaluate_files([write_lines(tmp_path / "s.jsonl", recs)], tmp_path / "r")
+
+
+def test_different_rollout_sets_evaluated_on_the_shared_ones(tmp_path):
+    first = score_records({"A": [0.9, 0.2, 0.4, 0.6], "B": [0.1, 0.3, 0.8, 0.5], "C": [0.7, 0.6, 0.2, 0.9]})
+    # the second file lacks problem A and B's last rollout, and has a problem D the first never scored
+    second = [r | {"value": 1 - r["value"]} for r in first if r["problem_id"] != "A" and r["rollout_id"] != "B/3"]
+    second += score_records({"D": [0.5, 0.5]})
+    paths = [write_lines(tmp_path / "one.jsonl", first), write_lines(tmp_path / "two.jsonl", second)]
+    results = evaluate_files(paths, tmp_path / "r")
+    # shared: B/0..B/2 (pass, fail, fail) and C/0..C/3 (pass, fail, fail, pass)
+    for m in results.values():
+        assert (m["problems"], m["rollouts"]) == (2, 7)
+        assert m["random_pass@1"]["mean"] == pytest.approx(100 * (1 / 3 + 1 / 2) / 2)
+        assert m["oracle_pass@1"]["mean"] == 100
+    assert results["one"]["input"] == {"file": str(paths[0]), "problems_dropped": 1, "rollouts_dropped": 5}
+    assert results["two"]["input"] == {"file": str(paths[1]), "problems_dropped": 1, "rollouts_dropped": 2}
+    # one: B top 0.8 (B/2 fails), C top 0.9 (C/3 passes); two (1 - value): B top B/0 passes, C top C/2 fails
+    assert results["one"]["reranked_pass@1"]["mean"] == pytest.approx(50)
+    assert results["two"]["reranked_pass@1"]["mean"] == pytest.approx(50)
+    report = (tmp_path / "r" / "report.md").read_text()
+    assert "2 problems, 7 rollouts scored by every critic" in report
+    assert "one: 1 problem, 5 rollouts dropped" in report and "two: 1 problem, 2 rollouts dropped" in report
+
+
+def test_no_shared_rollouts_is_an_error(tmp_path):
+    paths = [write_lines(tmp_path / "one.jsonl", score_records({"A": [0.9, 0.2]})),
+             write_lines(tmp_path / "two.jsonl", score_records({"B": [0.9, 0.2]}))]
+    with pytest.raises(DataError, match="no rollout is in every score file"):
+        evaluate_files(paths, tmp_path / "r")
+
+
+def test_shared_rollout_must_agree_on_pass(tmp_path):
+    recs = score_records({"A": [0.9, 0.2]})
+    other = [dict(r) for r in recs]
+    other[1]["passed"] = True
+    paths = [write_lines(tmp_path / "one.jsonl", recs), write_lines(tmp_path / "two.jsonl", other)]
+    with pytest.raises(DataError,
+                       match=r"two.jsonl, record 2, field 'passed': rollout 'A/1' passed here but failed in"):
+        evaluate_files(paths, tmp_path / "r")
+
+
+def test_several_files_need_rollout_ids(tmp_path):
+    recs = score_records({"A": [0.9, 0.2]})
+    del recs[1]["rollout_id"]
+    paths = [write_lines(tmp_path / "one.jsonl", recs), write_lines(tmp_path / "two.jsonl", recs)]
+    with pytest.raises(DataError, match="record 2, field 'rollout_id'"):
+        evaluate_files(paths, tmp_path / "r")
+    assert evaluate_files(paths[:1], tmp_path / "r")["one"]["rollouts"] == 2  # one file needs no ids
+
+
+def test_paired_comparison_by_hand(tmp_path):
+    first = hand_problems()
+    second = hand_problems()
+    second[1].values = np.array([0.4, 0.8, 0.2])  # P2: now the passing rollout is on top; the rest is the same
+    m = evaluate_problems(first)
+    pair = paired_comparison(first, second)
+    # per problem: reranked 1, 0, 0, 1/2 against 1, 1, 0, 1/2: difference 0, 1, 0, 0
+    assert pair["difference_pass@1"]["mean"] == pytest.approx(25.0)
+    # resampling 4 problems: the number of P2 draws is Binomial(4, 1/4); P(0) = 0.32 > 2.5%, P(4) = 0.4% < 2.5% <
+    # P(>= 3) = 5.1%: the paired interval is [0, 75] points
+    assert (pair["difference_pass@1"]["ci_low"], pair["difference_pass@1"]["ci_high"]) == pytest.approx((0, 75))
+    # paired: each resample draws the same problems for both critics (the rows behind every other interval)
+    idx = np.random.default_rng(0).integers(0, 4, size=(2000, 4))
+    r1, r2 = np.array([1, 0, 0, 0.5]), np.array([1, 1, 0, 0.5])
+    assert m["reranked_pass@1"]["ci_low"] == pytest.approx(100 * np.percentile(r1[idx].mean(axis=1), 2.5))
+    paired = r2[idx].mean(axis=1) - r1[idx].mean(axis=1)
+    assert pair["difference_pass@1"]["ci_high"] == pytest.approx(100 * np.percentile(paired, 97.5))
+    assert (pair["wins"], pair["ties"], pair["losses"], pair["problems"]) == (0.25, 0.75, 0.0, 4)
+    same = paired_comparison(first, hand_problems())
+    assert same["difference_pass@1"] == {"mean": 0.0, "ci_low": 0.0, "ci_high": 0.0} and same["ties"] == 1.0
+
+
+def test_paired_comparison_in_report_and_metrics(tmp_path, two_critics):
+    out = tmp_path / "r"
+    results = evaluate_files(list(two_critics), out)
+    assert "paired_vs_first" not in results["good"]
+    pair = results["bad"]["paired_vs_first"]
+    # rollouts pass, fail, fail, pass. good picks A 0.9 pass, B 0.8 fail, C 0.9 pass; bad: A fail, B pass, C fail
+    assert pair["against"] == "good" and pair["difference_pass@1"]["mean"] == pytest.approx(-100 / 3)
+    lo, hi = bootstrap_ci(np.array([-1.0, 1.0, -1.0]))  # the same resamples as every other interval
+    assert (pair["difference_pass@1"]["ci_low"], pair["difference_pass@1"]["ci_high"]) == pytest.approx((100 * lo,
+                                                                                                           100 * hi))
+    assert (pair["wins"], pair["ties"], pair["losses"]) == pytest.approx((1 / 3, 0, 2 / 3))
+    assert json.loads((out / "metrics.json").read_text())["bad"]["paired_vs_first"] == json.loads(json.dumps(pair))
+    report = (out / "report.md").read_text()
+    assert "## Paired comparison with good" in report
+    assert f"| bad | -33.3 [{100 * lo:.1f}, {100 * hi:.1f}] | 33% | 0% | 67% |" in report
+
+
+def test_process_reward_has_intervals():
+    m = evaluate_problems(hand_problems(token_values=True))
+    prm = m["process_reward"]
+    early, late = np.array([0.0, 0.0, 0.0, 1.0]), np.array([1.0, 0.0, 0.0, 0.5])  # per-problem picks (see above)
+    for f, per_problem in (("0.1", early), ("0.5", early), ("0.6", late), ("1.0", late)):
+        lo, hi = bootstrap_ci(per_problem)
+        assert prm[f]["reranked_pass@1"] == pytest.approx({"mean": 100 * per_problem.mean(), "ci_low": 100 * lo,
+                                                           "ci_high": 100 * hi}), f
+    # per-problem AUROC: reversed values early (P1 0, P2 0.5, P4: passes at 0.45 and 0.95 vs a fail at 0.45: 0.75)
+    assert prm["0.1"]["auroc_mean_per_problem"] == pytest.approx((0 + 0.5 + 0.75) / 3)
+    assert prm["1.0"]["auroc_mean_per_problem"] == pytest.approx(m["auroc_mean_per_problem"])
+    assert prm["1.0"]["auroc_mean_per_problem_ci"] == pytest.approx(m["auroc_mean_per_problem_ci"])
+
+
+def test_process_reward_table_shows_intervals(tmp_path):
+    out = write_report({"x": evaluate_problems(hand_problems(token_values=True))}, tmp_path / "r")
+    lo, hi = bootstrap_ci(np.array([1.0, 0.0, 0.0, 0.5]))
+    row = f"| 1.0 | 37.5 [{100 * lo:.1f}, {100 * hi:.1f}] | 0.484 | 0.583 ["
+    assert row in (out / "report.md").read_text()
