@@ -7,6 +7,11 @@ model. Output: REPORT_DIR/metrics.json, report.md and PNG plots. Every headline 
 95% bootstrap interval over problems, beside random choice (the exact expectation: the mean pass rate)
 and the oracle (some rollout passes). Report critics only on problems they never trained on
 (`codevalue crossval` does that).
+
+Scores may be any real numbers: selection and AUROC use only their order; calibration is computed only
+for a critic whose values all lie in [0, 1]. Several files are measured on the rollouts they all scored
+(paired by problem_id and rollout_id), and every critic after the first is compared with the first:
+the per-problem difference in reranked pass@1, bootstrapped over the same problem resamples.
 """
 
 from __future__ import annotations
@@ -47,9 +52,9 @@ def _check_number(path: str | os.PathLike, line: int, value: Any, field: str) ->
 
 
 def read_scores(path: str | os.PathLike, need_ids: bool = False) -> dict[Hashable, tuple[int, dict]]:
-    """(line, record) of every scored rollout, keyed by rollout_id, checked field by field so that bad input
-    stops here with its file, record and field named. Without rollout_id the line is the key, unless
-    `need_ids` (several files are paired by rollout_id)."""
+    """(line, record) of every scored rollout, keyed by (problem_id, rollout_id), checked field by field so that
+    bad input stops here with its file, record and field named. The same rollout twice would count twice: refused.
+    Without rollout_id the line is the key, unless `need_ids` (several files are paired by rollout)."""
     records: dict[Hashable, tuple[int, dict]] = {}
     for line, rec in read_jsonl(path):
         for name in ("problem_id", "passed", "value"):
@@ -67,13 +72,13 @@ def read_scores(path: str | os.PathLike, need_ids: bool = False) -> dict[Hashabl
                     or not np.isfinite(np.asarray(tv, dtype=float)).all():
                 raise DataError(path, "expected a list of finite numbers", line=line, field="token_values")
         if "rollout_id" in rec:
-            key: Hashable = str(rec["rollout_id"])
+            key: Hashable = (str(rec["problem_id"]), str(rec["rollout_id"]))
             if key in records:
-                raise DataError(path, f"duplicate rollout_id {key!r} (first on record {records[key][0]})", line=line,
-                                field="rollout_id")
+                raise DataError(path, f"duplicate rollout_id {key[1]!r} of problem {key[0]!r} (first on record "
+                                f"{records[key][0]})", line=line, field="rollout_id")
         elif need_ids:
-            raise DataError(path, "missing field (several score files are paired by rollout_id)", line=line,
-                            field="rollout_id")
+            raise DataError(path, "missing field (several score files are paired by problem_id and rollout_id)",
+                            line=line, field="rollout_id")
         else:
             key = line
         records[key] = (line, rec)
@@ -118,14 +123,10 @@ def share_rollouts(paths: list[str | os.PathLike], tables: list[dict[Hashable, t
     for path, table in zip(paths[1:], tables[1:], strict=True):
         for k in keys:
             (line, rec), (first_line, ref) = table[k], tables[0][k]
-            if str(rec["problem_id"]) != str(ref["problem_id"]):
-                raise DataError(path, f"rollout {k!r} is of problem {rec['problem_id']!r} here but of "
-                                f"{ref['problem_id']!r} in {paths[0]} (record {first_line})", line=line,
-                                field="problem_id")
             if bool(rec["passed"]) != bool(ref["passed"]):
                 here, there = ("passed", "failed") if rec["passed"] else ("failed", "passed")
-                raise DataError(path, f"rollout {k!r} {here} here but {there} in {paths[0]} (record {first_line}); "
-                                "labelled against other tests?", line=line, field="passed")
+                raise DataError(path, f"rollout {k[1]!r} of problem {k[0]!r} {here} here but {there} in {paths[0]} "
+                                f"(record {first_line}); labelled against other tests?", line=line, field="passed")
     shared_problems = {str(tables[0][k][1]["problem_id"]) for k in keys}
     lost = [{"file": str(path), "problems_dropped": len({str(r["problem_id"]) for _, r in table.values()}
                                                          - shared_problems),

@@ -478,10 +478,13 @@ def test_bad_numbers_refused_naming_file_record_field(tmp_path, capsys, field, b
 
 def test_duplicate_rollout_id_refused(tmp_path):
     recs = score_records({"A": [0.9, 0.2], "B": [0.1, 0.3]})
-    recs[3]["rollout_id"] = "A/0"
-    with pytest.raises(DataError,
-                       match=r"record 4, field 'rollout_id': duplicate rollout_id 'A/0' \(first on record 1\)"):
+    recs[3]["rollout_id"] = "B/0"
+    with pytest.raises(DataError, match=r"s.jsonl, record 4, field 'rollout_id': duplicate rollout_id 'B/0' of "
+                                        r"problem 'B' \(first on record 3\)"):
         evaluate_files([write_lines(tmp_path / "s.jsonl", recs)], tmp_path / "r")
+    for r in recs:  # ids numbered per problem (0, 1, ... in each) are no duplicates: a rollout is (problem, id)
+        r["rollout_id"] = r["sample_index"]
+    assert evaluate_files([write_lines(tmp_path / "s.jsonl", recs)], tmp_path / "r")["s"]["rollouts"] == 4
 
 
 def test_different_rollout_sets_evaluated_on_the_shared_ones(tmp_path):
@@ -519,7 +522,7 @@ def test_shared_rollout_must_agree_on_pass(tmp_path):
     other[1]["passed"] = True
     paths = [write_lines(tmp_path / "one.jsonl", recs), write_lines(tmp_path / "two.jsonl", other)]
     with pytest.raises(DataError,
-                       match=r"two.jsonl, record 2, field 'passed': rollout 'A/1' passed here but failed in"):
+                       match=r"two.jsonl, record 2, field 'passed': rollout 'A/1' of problem 'A' passed here but"):
         evaluate_files(paths, tmp_path / "r")
 
 
