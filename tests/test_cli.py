@@ -2,11 +2,12 @@
 
 import gzip
 import json
+import re
 from pathlib import Path
 
 import pytest
 
-from codevalue.cli import main
+from codevalue.cli import _sandbox_config, build_parser, main
 from codevalue.problems import BUNDLED
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -128,8 +129,18 @@ def test_unreadable_rollouts_file(tmp_path, capsys, name, data):
 
 
 def test_sandbox_command(capsys):
-    assert main(["sandbox", "--workers", "1"]) == 0
-    assert "rlimits" in capsys.readouterr().out
+    """`codevalue sandbox` prints the isolation that a sandbox with the same options has in force."""
+    from codevalue.sandbox import Sandbox, describe_isolation
+
+    argv = ["sandbox", "--workers", "1"]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out.strip()
+    with Sandbox(_sandbox_config(build_parser().parse_args(argv))) as box:
+        iso = box.isolation
+    assert {"AS", "CPU", "FSIZE", "NOFILE"} <= set(iso["rlimits"])  # the limits every program runs under
+    # the uid a sandbox claims depends on the sandboxes alive at the time (other tests, other users)
+    same_uid = re.compile(r"uid [0-9, ]+")
+    assert same_uid.sub("uid N", printed) == same_uid.sub("uid N", describe_isolation(iso))
 
 
 def test_cli_checks_then_codet_on_bundled_humaneval(tmp_path, capsys):

@@ -396,9 +396,21 @@ def test_generate_then_label_then_targets(tree_file, humaneval2, tmp_path):
     summary = label_rollouts(humaneval2, rollouts, labeled, LabelConfig(sandbox=SandboxConfig(workers=1)),
                              progress=False)
     assert summary["rollouts"] == 2 * (1 + K * M)
-    recs = records(labeled)
-    assert [r["rollout_id"] for r in recs] == [r["rollout_id"] for r in records(rollouts)]
+    recs, generated = records(labeled), records(rollouts)
+    # every generated field (tree links, tokens, logprobs, prompt) reaches the labels unchanged
+    assert [{k: r[k] for k in g} for r, g in zip(recs, generated, strict=True)] == generated
     assert all(r["verdict"] in ("pass", "wrong_answer", "runtime_error", "timeout", "syntax_error") for r in recs)
+    assert all(r["mode"] == "humaneval" and r["tests_total"] == 1 and r["passed"] == (r["verdict"] == "pass")
+               for r in recs)
     targets = tmp_path / "targets.jsonl"
     assert build_targets(labeled, humaneval2, targets)["rollouts"] == len(recs)
-    assert all("value_targets" in r for r in records(targets))
+    scored = records(targets)
+    assert [r["rollout_id"] for r in scored] == [r["rollout_id"] for r in recs]
+    for r in scored:  # each segment's value: the mean label of the problem's rollouts that share its prefix
+        ends, values = r["value_targets"]["ends"], r["value_targets"]["values"]
+        assert r["completion_scored"] == r["completion"] and ends[-1] == len(r["completion"])
+        assert values[-1] == float(r["passed"])
+        for end, value in zip(ends[:-1], values[:-1], strict=True):
+            sharing = [o["passed"] for o in scored if o["problem_id"] == r["problem_id"]
+                       and o["completion"].startswith(r["completion"][:end])]
+            assert value == round(sum(sharing) / len(sharing), 6)

@@ -157,7 +157,13 @@ def test_judge_reason_is_capped():
 
 
 def test_judge_never_passes_unreported_tests():
-    assert judge(STDIN, run(ok("1")), "apps").verdict != "pass"
+    # the run "completed" but reported one test of three: the two missing ones count as failed, each for
+    # the reason a missing test gets, and the first of them is the first failure
+    label = judge(STDIN, run(ok("1"), exit_code=0), "apps")
+    assert label.to_dict() == {"verdict": "runtime_error", "passed": False, "tests_passed": 1, "tests_total": 3,
+                               "first_failure": {"test": 1, "verdict": "runtime_error",
+                                                 "reason": "exited (status 0) before finishing its tests"},
+                               "mode": "apps"}
 
 
 def test_make_job_limits():

@@ -314,6 +314,21 @@ def test_generation_refill_spends_the_budget(policy, tok):
     assert all(c.status in ("length", "pruned") for c in g.candidates)
 
 
+def test_generation_refill_stops_when_the_budget_is_spent(policy, tok):
+    """A pruned rollout is replaced only while fewer than `budget_tokens` tokens were generated."""
+    def run(budget):
+        return generate_with_pruning(policy, tok, HashValues(), PROMPT, n=4, every=4, max_new_tokens=12, top_k=2,
+                                     refill=True, budget_tokens=budget, max_rollouts=100, seed=0)
+
+    # the first round generates 4 x 4 = 16 tokens and prunes two rollouts
+    spent = run(16)
+    assert spent.rounds == 3 and len(spent.candidates) == 4  # 16 generated: the budget is spent, no refill
+    assert spent.tokens_generated == 16 + 2 * 8 == sum(c.tokens for c in spent.candidates)
+    room = run(17)
+    assert len(room.candidates) == 6  # 16 < 17: both pruned places are refilled, then the budget is spent
+    assert [c.index for c in room.candidates] == list(range(6))
+
+
 class EndAfter(LogitsProcessor):
     """Forces the end token for row 0 when the sequence has `length` tokens."""
 

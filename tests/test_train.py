@@ -473,7 +473,12 @@ def test_read_checks_model_reads_the_check_results(tmp_path, tok, base_dir):
     n_program = len(vm.tokenizer(good["completion_scored"], add_special_tokens=False)["input_ids"])
     assert len(scores[0].values) == len(scores[0].offsets) == n_program + 1
     assert scores[0].values[-1] == scores[0].final
-    assert vm.score(["def f(x):\n"], ["    ret"], finished=False)  # prefixes need no checks
+    # prefixes need no checks, and a causal model gives the program's own tokens the values they have in the
+    # finished program (which adds EOS and the checks after them)
+    [prefix] = vm.score([good["prompt"]], [good["completion_scored"]], finished=False)
+    assert len(prefix.values) == n_program and prefix.offsets == scores[0].offsets[:-1]
+    assert prefix.values == pytest.approx(scores[0].values[:-1], abs=1e-6)
+    assert prefix.final == prefix.values[-1]
 
 
 def test_read_checks_names_the_record_without_checks(tmp_path, base_dir):
