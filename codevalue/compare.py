@@ -92,12 +92,12 @@ def _apps_stdout(output: str, expected: str) -> tuple[bool, str]:
         return True, ""
     if "\n".join(line.strip() for line in lines).strip() == want:  # 2. per-line strip of the output
         return True, ""
-    if lines == [expected]:  # 3. one line equal to the whole expectation
+    if lines == [expected]:  # 3. one line equal to the whole expectation (never decides: check 1 accepted it)
         return True, ""
     exp = [x.strip() for x in expected.split("\n") if x != ""]  # 4. drop empty pieces, *then* strip
     if lines == exp:
         return True, ""
-    out = [line for line in lines if line != ""]  # 5. drop truly empty output lines
+    out = [line for line in lines if line != ""]  # 5. drop truly empty output lines (check 7 accepts it too)
     if out == exp:
         return True, ""
     try:  # 6. every line a single number: numpy.allclose, scaled by the expected value

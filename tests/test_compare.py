@@ -31,9 +31,9 @@ def test_probed_consequences_in_every_mode(expected, output, apps, lcb, strict):
 
 def test_apps_cascade_details():
     ok = lambda out, exp: compare_stdout(out, exp, "apps")[0]  # noqa: E731
-    assert ok(" 1\n 2\n", "1\n2") is True  # check 2: per-line strip of the output
-    assert ok("1\n\n2\n", "1\n2") is True  # check 5: empty output lines dropped
-    assert ok("1\n2\n", "1\n\n2") is True  # check 4: empty expected pieces dropped
+    assert ok(" 1\n 2\n", "1\n2") is True  # per-line strip of the output (checks 2 and 7)
+    assert ok("1\n\n2\n", "1\n2") is True  # empty output lines dropped (checks 5 and 7)
+    assert ok("1\n2\n", "1\n\n2") is True  # empty expected pieces dropped (checks 4, 5 and 7)
     assert ok("a\nb\n", "a\n \nb") is False  # whitespace-only expected line survives as ""
     assert ok("1\u20282\n", "1\n2") is True  # splitlines() splits on U+2028 too
     assert ok("1.00001\n", "1") is True  # |o - e| <= 1e-8 + 1e-5 * |e|
@@ -46,6 +46,23 @@ def test_apps_cascade_details():
     assert ok("1 2\n", "1 2 3") is False
     assert ok("5", ["5"]) is True and ok("1\n2", ["1", "2"]) is True  # lists are joined with "\n"
     assert ok("0.1236\n", "0.1231") is False  # rounds to 0.124 vs 0.123
+
+
+# Inputs that one check of the APPS cascade accepts and no other: deleting that check fails them. The token sets
+# of check 7 accept everything that checks 3 and 5 accept (3: one output line equal to the whole expectation,
+# which check 1 accepted already; 5: the non-empty output lines equal the stripped expected ones), so those two
+# never decide a verdict and have no row here (equivalent mutants). Checks 2 and 4 decide alone only when a
+# whitespace-only expected line, which check 7 keeps as an empty token set, meets output without such a line.
+@pytest.mark.parametrize("output,expected,check", [
+    ("a \nb\n", "a\nb\n ", 2),  # per-line strip of the output; the trailing " " line leaves check 7 an empty set
+    (" \na \nb\n", " \na\nb", 2),
+    ("a\n\nb\n", "a\n \nb", 4),  # the " " line, stripped to "", equals the empty output line
+    ("1000000007\n", "1000000000", 6),  # numpy.allclose of one-number lines
+    ("c\nb a\n", "a b\nc", 7),  # token sets (not numbers, so check 8 cannot accept them)
+    ("0.1234\n", "0.1231", 8),  # tokens rounded to 3 decimals
+])
+def test_apps_cascade_check_that_decides_alone(output, expected, check):
+    assert compare_stdout(output, expected, "apps") == (True, ""), f"check {check}"
 
 
 def test_apps_numeric_check_never_warns():
@@ -64,6 +81,8 @@ def test_lcb_rules():
     assert ok("1  2\n", "1 2") is True  # numeric lines: token-wise
     assert ok("a  b\n", "a b") is False  # text lines: exact after strip
     assert ok("  a b  \n\n\n", "a b") is True  # whole text and each line stripped
+    assert ok("a\n  b c\n", "a\nb c") is True  # leading spaces of a later line (text, not numbers)
+    assert ok("a\nb c\n", "a\n  b c") is True  # ... of the expected line too
     assert ok("1\n\n2\n", "1\n2") is False  # an empty middle line counts
     assert ok("0.30000000000000004\n", "0.3") is False  # no tolerance
     assert ok("1\r\n2\r\n", "1\n2") is True
