@@ -145,6 +145,14 @@ def score_file(model: str | os.PathLike | ValueModel, rollouts: str | os.PathLik
     vm = None if ray_address else model if isinstance(model, ValueModel) else ValueModel.from_pretrained(model)
     spec = read_spec(model) if vm is None else vm.spec
     numbered = list(read_jsonl(rollouts))
+    seen: dict[tuple[str, str], int] = {}
+    for line, rec in numbered:  # a rollout twice: refuse it now, not after scoring (`evaluate` would)
+        if "rollout_id" in rec:
+            key = (str(rec.get("problem_id")), str(rec["rollout_id"]))
+            if key in seen:
+                raise DataError(rollouts, f"duplicate rollout_id {key[1]!r} of problem {key[0]!r} (first on record "
+                                f"{seen[key]})", line=line, field="rollout_id")
+            seen[key] = line
     records = [rec for _, rec in numbered]
     prompts, completions = prompts_and_completions(numbered, rollouts, problems)
     suffixes = [input_suffix(spec, rec, rollouts, line) for line, rec in numbered]

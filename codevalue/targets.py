@@ -120,6 +120,7 @@ def build_targets(labeled: str | os.PathLike, problems: str | os.PathLike | list
         problems = load_problems(problems)
     prompts = {p.problem_id: _prompt_of(p) for p in problems}
     groups: dict[str, list[dict]] = defaultdict(list)
+    seen: dict[tuple[str, str], int] = {}
     dropped = 0
     for line, rec in read_jsonl(labeled):
         for name in ("problem_id", "completion", "passed", "verdict"):
@@ -129,6 +130,12 @@ def build_targets(labeled: str | os.PathLike, problems: str | os.PathLike | list
         pid = str(rec["problem_id"])
         if pid not in prompts:
             raise DataError(labeled, f"unknown problem {pid!r}", line=line, field="problem_id")
+        if "rollout_id" in rec:  # the same rollout twice would weigh twice in its prefixes' values
+            key = (pid, str(rec["rollout_id"]))
+            if key in seen:
+                raise DataError(labeled, f"duplicate rollout_id {key[1]!r} of problem {pid!r} (first on record "
+                                f"{seen[key]})", line=line, field="rollout_id")
+            seen[key] = line
         if rec["verdict"] == "infra_error":
             dropped += 1
             continue

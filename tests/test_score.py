@@ -144,6 +144,16 @@ def test_missing_completion(tmp_path, vm):
     assert (info.value.field, info.value.line) == ("completion", 1)
 
 
+def test_duplicate_rollout_refused(tmp_path, vm):
+    recs = [{"problem_id": "A", "rollout_id": 0, "prompt": "p", "completion": "c"},
+            {"problem_id": "B", "rollout_id": 0, "prompt": "p", "completion": "c"},  # ids per problem are fine
+            {"problem_id": "A", "rollout_id": 0, "prompt": "p", "completion": "d"}]
+    with pytest.raises(DataError, match=r"record 3, field 'rollout_id': duplicate rollout_id '0' of problem 'A' "
+                                        r"\(first on record 1\)"):
+        score_file(vm, write_lines(tmp_path / "r.jsonl", recs), tmp_path / "s.jsonl", progress=False)
+    assert not (tmp_path / "s.jsonl").exists()
+
+
 def test_empty_completion_scored(tmp_path, vm):
     recs = [{"problem_id": "A", "prompt": "def f():\n", "completion_scored": ""}]
     out = tmp_path / "s.jsonl"

@@ -259,6 +259,16 @@ def test_build_targets_unknown_problem(tmp_path):
     assert info.value.field == "problem_id"
 
 
+def test_build_targets_refuses_a_rollout_twice(tmp_path):
+    # the same rollout twice would weigh twice in its prefixes' Monte-Carlo values; ids per problem are fine
+    recs = [labeled("HumanEval/0", 0, "    return 0\n", "pass"), labeled("HumanEval/2", 0, "    return 1\n", "pass"),
+            labeled("HumanEval/0", 0, "    return 0\n", "pass")]
+    with pytest.raises(DataError, match=r"record 3, field 'rollout_id': duplicate rollout_id '0' of problem "
+                                        r"'HumanEval/0' \(first on record 1\)"):
+        build_targets(write_lines(tmp_path / "l.jsonl", recs), "humaneval", tmp_path / "t.jsonl")
+    assert not (tmp_path / "t.jsonl").exists()
+
+
 def test_build_targets_only_infra_errors(tmp_path):
     path = write_lines(tmp_path / "l.jsonl", [labeled("HumanEval/0", 0, "x", "infra_error")])
     summary = build_targets(path, "humaneval", tmp_path / "t.jsonl")
