@@ -20,7 +20,8 @@ Worked example (doctest): three rollouts of one problem, two sharing their first
 (0.5, 1.0)
 
 With `smooth=a`, a prefix seen by k rollouts with mean m gets (k*m + a*p) / (k + a), p being the
-problem's pass rate: a Beta prior that keeps rare prefixes from claiming certainty.
+problem's pass rate: a Beta prior that keeps rare prefixes (k = 1 included) from claiming certainty. The
+finished program keeps its own label.
 """
 
 from __future__ import annotations
@@ -82,10 +83,11 @@ def prefix_value_targets(completions: list[str], passed: list[bool],
                         for j, other in enumerate(completions)])
         # A prefix of length L is shared by the rollouts with lcp >= L. The group only shrinks at the
         # distinct lcp values, so those are the segment ends. The whole completion carries the rollout's
-        # own label: when other rollouts share all of it (duplicates, longer continuations), its proper
-        # prefixes keep the group mean in a segment of their own.
-        whole_shared = n > 1 and int((lcp >= n).sum()) > 1
-        ends = sorted({int(x) for x in lcp if 0 < x < n} | {n} | ({n - 1} if whole_shared else set())) if n else [0]
+        # own label; its proper prefixes keep the group value in a segment of their own when that value can
+        # differ: other rollouts share all of it (duplicates, longer continuations), or smoothing pulls even
+        # a prefix that no other rollout shares toward the pass rate.
+        own_segment = n > 1 and (bool(smooth) or int((lcp >= n).sum()) > 1)
+        ends = sorted({int(x) for x in lcp if 0 < x < n} | {n} | ({n - 1} if own_segment else set())) if n else [0]
         values = []
         for end in ends:
             group = labels[lcp >= end]

@@ -78,6 +78,14 @@ def test_smoothing_pulls_unshared_prefix_toward_pass_rate():
     assert t[0].values == [pytest.approx(round((2 + 2 / 3) / 3, 6)), 1.0]
 
 
+def test_smoothing_pulls_a_prefix_no_other_rollout_shares():
+    # "a" and "aa" are seen by the second rollout alone (k = 1, mean 1); p = 1/2; the finished program keeps its label
+    empty, alone = prefix_value_targets(["", "aaa"], [False, True], smooth=1.0)
+    assert (alone.ends, alone.values) == ([2, 3], [0.75, 1.0])
+    assert (empty.ends, empty.values) == ([0], [0.0])
+    assert prefix_value_targets(["", "aaa"], [False, True])[1].values == [1.0]  # unsmoothed: one segment
+
+
 def test_exact_duplicates_keep_their_own_label_at_the_end():
     t = prefix_value_targets(["x = 1", "x = 1", "y"], [True, False, True])
     assert t[0].values[-1] == 1.0 and t[0].ends[-1] == 5
@@ -225,10 +233,11 @@ def test_build_targets_with_problem_list_and_smoothing(tmp_path, humaneval):
     summary = build_targets(labeled_file(tmp_path), problems, out, smooth=1.0)
     assert summary["rollouts"] == 5 and summary["smooth"] == 1.0
     recs = {(r["problem_id"], r["rollout_id"]): r for _, r in read_jsonl(out)}
-    # HumanEval/0 without the infra_error rollout: pass rate 1/3; "    return " seen by 3 with mean 1/3
-    assert recs["HumanEval/0", 0]["value_targets"]["values"] == [0.333333, 1.0]
-    # HumanEval/2: pass rate 1/2, shared prefix k = 2 mean 1/2 -> 1/2
-    assert recs["HumanEval/2", 1]["value_targets"]["values"] == [0.5, 1.0]
+    # HumanEval/0 without the infra_error rollout: pass rate 1/3; "    return " seen by 3 with mean 1/3;
+    # "    return True" by this rollout alone (k = 1, mean 1) -> (1 + 1/3) / 2; the program itself: its label
+    assert recs["HumanEval/0", 0]["value_targets"] == {"ends": [11, 15, 16], "values": [0.333333, 0.666667, 1.0]}
+    # HumanEval/2: pass rate 1/2, shared prefix k = 2 mean 1/2 -> 1/2; unshared prefix (1 + 1/2) / 2
+    assert recs["HumanEval/2", 1]["value_targets"] == {"ends": [12, 18, 19], "values": [0.5, 0.75, 1.0]}
 
 
 def test_build_targets_missing_passed_names_field_and_line(tmp_path):
