@@ -67,9 +67,9 @@ def read_scores(path: str | os.PathLike, need_ids: bool = False) -> dict[Hashabl
         if "mean_logprob" in rec:
             _check_number(path, line, rec["mean_logprob"], "mean_logprob")
         if "token_values" in rec:
-            tv = rec["token_values"]
-            if not isinstance(tv, list) or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in tv) \
-                    or not np.isfinite(np.asarray(tv, dtype=float)).all():
+            tv = np.asarray(rec["token_values"])  # None or a string makes an object or str array
+            if not isinstance(rec["token_values"], list) or tv.ndim != 1 or tv.dtype.kind not in "if" \
+                    or not np.isfinite(tv).all():
                 raise DataError(path, "expected a list of finite numbers", line=line, field="token_values")
         if "rollout_id" in rec:
             key: Hashable = (str(rec["problem_id"]), str(rec["rollout_id"]))
@@ -142,13 +142,11 @@ def tie_averaged_order(values: np.ndarray, passed: np.ndarray) -> np.ndarray:
     expectation under random tie-breaking."""
     order = np.argsort(-values, kind="stable")
     v, y = values[order], passed[order].astype(float)
-    out = y.copy()
-    start = 0
-    for i in range(1, len(v) + 1):
-        if i == len(v) or v[i] != v[start]:
-            out[start:i] = y[start:i].mean()
-            start = i
-    return out
+    if len(v) == 0:
+        return y
+    starts = np.flatnonzero(np.r_[True, v[1:] != v[:-1]])  # first index of each tie group
+    counts = np.diff(np.r_[starts, len(v)])
+    return np.repeat(np.add.reduceat(y, starts) / counts, counts)
 
 
 def best_of_n(values: np.ndarray, passed: np.ndarray, n: int) -> float:
@@ -160,6 +158,8 @@ def best_of_n(values: np.ndarray, passed: np.ndarray, n: int) -> float:
     y = tie_averaged_order(values, passed)
     N = len(y)
     n = min(n, N)
+    if n == N:
+        return float(y[0])
     weights = np.array([math.comb(N - 1 - i, n - 1) for i in range(N)], dtype=float) / math.comb(N, n)
     return float(weights @ y)
 

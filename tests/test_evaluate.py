@@ -463,7 +463,8 @@ def test_every_rollout_fails_or_passes_is_reported(tmp_path, capsys, passed, wor
 
 @pytest.mark.parametrize("field,bad", [("value", None), ("value", float("nan")), ("value", float("inf")),
                                        ("value", "0.5"), ("value", True), ("passed", None),
-                                       ("token_values", [0.1, None]), ("mean_logprob", float("nan"))])
+                                       ("token_values", [0.1, None]), ("token_values", [0.1, "0.2"]),
+                                       ("token_values", 0.5), ("mean_logprob", float("nan"))])
 def test_bad_numbers_refused_naming_file_record_field(tmp_path, capsys, field, bad):
     recs = score_records({"A": [0.9, 0.2, 0.4]})
     recs[1][field] = bad
