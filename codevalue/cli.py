@@ -248,6 +248,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     results = evaluate_files(args.scores, args.out, names=args.names)
     _print_results(results)
+    for name, m in results.items():
+        if m["input"]["rollouts_dropped"]:
+            print(f"{name}: left out {m['input']['rollouts_dropped']} rollouts not scored by every critic "
+                  f"(problems dropped: {m['input']['problems_dropped']})")
     print(f"report: {Path(args.out) / 'report.md'}")
     return 0
 

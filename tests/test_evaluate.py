@@ -391,11 +391,10 @@ def test_evaluate_files_same_stem_keeps_both(tmp_path):
     assert len(results) == 2
 
 
-@pytest.mark.filterwarnings("ignore::RuntimeWarning")
 def test_evaluate_files_empty_scores(tmp_path):
     path = tmp_path / "empty.jsonl"
     path.write_text("")
-    with pytest.raises(DataError):
+    with pytest.raises(DataError, match="empty.jsonl: no scored rollouts"):
         evaluate_files([path], tmp_path / "r")
 
 
@@ -488,7 +487,7 @@ def test_duplicate_rollout_id_refused(tmp_path):
     assert evaluate_files([write_lines(tmp_path / "s.jsonl", recs)], tmp_path / "r")["s"]["rollouts"] == 4
 
 
-def test_different_rollout_sets_evaluated_on_the_shared_ones(tmp_path):
+def test_different_rollout_sets_evaluated_on_the_shared_ones(tmp_path, capsys):
     first = score_records({"A": [0.9, 0.2, 0.4, 0.6], "B": [0.1, 0.3, 0.8, 0.5], "C": [0.7, 0.6, 0.2, 0.9]})
     # the second file lacks problem A and B's last rollout, and has a problem D the first never scored
     second = [r | {"value": 1 - r["value"]} for r in first if r["problem_id"] != "A" and r["rollout_id"] != "B/3"]
@@ -508,6 +507,8 @@ def test_different_rollout_sets_evaluated_on_the_shared_ones(tmp_path):
     report = (tmp_path / "r" / "report.md").read_text()
     assert "2 problems, 7 rollouts scored by every critic" in report
     assert "one: 1 problem, 5 rollouts dropped" in report and "two: 1 problem, 2 rollouts dropped" in report
+    assert main(["evaluate", *map(str, paths), "-o", str(tmp_path / "cli")]) == 0
+    assert "two: left out 2 rollouts not scored by every critic (problems dropped: 1)" in capsys.readouterr().out
 
 
 def test_no_shared_rollouts_is_an_error(tmp_path):
