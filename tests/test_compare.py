@@ -1,5 +1,6 @@
 import warnings
 
+import numpy as np
 import pytest
 
 from codevalue.compare import MODES, apps_call_arguments, compare_call_result, compare_stdout
@@ -32,9 +33,11 @@ def test_probed_consequences_in_every_mode(expected, output, apps, lcb, strict):
 def test_apps_cascade_details():
     ok = lambda out, exp: compare_stdout(out, exp, "apps")[0]  # noqa: E731
     assert ok(" 1\n 2\n", "1\n2") is True  # per-line strip of the output (checks 2 and 7)
-    assert ok("1\n\n2\n", "1\n2") is True  # empty output lines dropped (checks 5 and 7)
+    assert compare_stdout("1\n\n2\n", "1\n2", "apps") == (True, "")  # empty output lines dropped (checks 5, 7)
     assert ok("1\n2\n", "1\n\n2") is True  # empty expected pieces dropped (checks 4, 5 and 7)
     assert ok("a\nb\n", "a\n \nb") is False  # whitespace-only expected line survives as ""
+    # the stripped lines are equal, yet no check takes two spaces for one: nothing to point at but the cascade
+    assert compare_stdout("a\n  \nb\n", "a\n \nb", "apps") == (False, "no APPS check matched")
     assert ok("1\u20282\n", "1\n2") is True  # splitlines() splits on U+2028 too
     assert ok("1.00001\n", "1") is True  # |o - e| <= 1e-8 + 1e-5 * |e|
     assert ok("1\n", "1.002") is False  # outside both allclose and 3-decimal rounding
@@ -54,6 +57,7 @@ def test_apps_cascade_details():
 # never decide a verdict and have no row here (equivalent mutants). Checks 2 and 4 decide alone only when a
 # whitespace-only expected line, which check 7 keeps as an empty token set, meets output without such a line.
 @pytest.mark.parametrize("output,expected,check", [
+    ("a\n \nb\n", "a\n \nb", 1),  # the " " line: check 7 drops it from the output, keeps it in the expectation
     ("a \nb\n", "a\nb\n ", 2),  # per-line strip of the output; the trailing " " line leaves check 7 an empty set
     (" \na \nb\n", " \na\nb", 2),
     ("a\n\nb\n", "a\n \nb", 4),  # the " " line, stripped to "", equals the empty output line
@@ -72,6 +76,9 @@ def test_apps_numeric_check_never_warns():
         assert (passed, reason) == (False, 'line 1: expected "-1e308", got "1e308"')
         assert compare_stdout("1e308\n-1e308\n", "-1e308\n1e308", "apps")[0] is True  # token sets
         assert compare_stdout("1" * 400 + "\n", "inf", "apps")[0] is True  # float() of it is inf
+    with np.errstate(all="raise"):  # nor does the verdict depend on the caller's numpy error settings
+        assert compare_stdout("1e308\n", "-1e308", "apps")[0] is False
+        assert compare_stdout("Infinity\n", "inf", "apps")[0] is True
 
 
 def test_lcb_rules():
@@ -113,6 +120,38 @@ def test_reasons_are_short_and_concrete():
     assert passed is False and len(reason) <= 200 and reason.startswith("expected [[1]], got [0, 1, 2")
 
 
+def test_call_reasons_quote_both_values_cut_to_80_characters():
+    long = "x" * 200
+    assert compare_call_result(repr(long), ["y"], "strict") == (False, f"expected ['y'], got '{'x' * 76}...")
+    assert compare_call_result("nan", [1.0], "lcb") == (False, "expected [1.0], got nan")  # nan parsed, not refused
+    # a dict against a list: unequal (strict compares types), not a failed comparison
+    assert compare_call_result("{1: 2}", [[1]], "strict") == (False, "expected [[1]], got {1: 2}")
+    deep = [1]
+    for _ in range(10_000):
+        deep = [deep]
+    for mode in MODES:  # repr() of the expectation overflows the stack: the verdict still stands
+        assert compare_call_result("1", deep, mode) == (False, "expected <unprintable>, got 1")
+
+
+def test_unparsable_result_is_quoted_cut_to_60_characters():
+    text = "<Foo " + "x" * 100 + ">"
+    assert compare_call_result(text, [1], "lcb") == (False, f"result is not a plain Python literal: {text[:57]}...")
+
+
+class Unequal:
+    """An expectation whose comparison raises (only reachable through the Python API)."""
+
+    def __eq__(self, other):
+        raise ValueError("cannot compare")
+
+    __hash__ = None
+
+
+def test_a_comparison_that_raises_is_a_failure():
+    for mode in ("apps", "lcb"):  # strict compares types first and never calls it
+        assert compare_call_result("1", Unequal(), mode) == (False, "comparison failed: ValueError")
+
+
 def test_unknown_mode():
     with pytest.raises(ValueError, match="'APPS'.*apps, lcb, strict"):
         compare_stdout("", "", "APPS")
@@ -146,6 +185,9 @@ CALLS = [
     ("{'x': True}", {"x": 1}, True, True, False),
     ("inf", [float("inf")], True, True, True),  # repr() of special floats is a bare name
     ("[-inf, 1.5]", [[float("-inf"), 1.5]], True, True, True),
+    ("[1.5, inf]", [[1.5, float("inf")]], True, True, True),  # a bare name as a list item
+    ("(1+0j)", [1], True, True, False),  # complex == int in Python; strict wants the same type
+    ("[1, 2]", (1, 2), True, True, True),  # a tuple expectation counts as a list
     ("nan", [float("nan")], False, False, False),
     ("None", [None], True, True, True),
     ("set()", [[]], False, False, False),
