@@ -97,6 +97,7 @@ def test_lcb_rules():
     assert ok("sNaN\n", "snan") is False  # comparing signalling NaNs must not raise
     assert compare_stdout("1\n2\n", "1\n3", "lcb") == (False, 'line 2: expected "3", got "2"')
     assert compare_stdout("1\n", "1\n3", "lcb") == (False, "expected 2 lines, got 1")
+    assert compare_stdout("1.0\n2\n", "1\n3", "lcb") == (False, 'line 2: expected "3", got "2"')  # goes on after
 
 
 def test_strict_rules():
@@ -150,6 +151,13 @@ class Unequal:
 def test_a_comparison_that_raises_is_a_failure():
     for mode in ("apps", "lcb"):  # strict compares types first and never calls it
         assert compare_call_result("1", Unequal(), mode) == (False, "comparison failed: ValueError")
+
+
+def test_lines_in_reasons_are_cut_to_60_characters():
+    x60, x61 = "x" * 60, "x" * 61
+    assert compare_stdout(x60, "y", "strict") == (False, f'line 1: expected "y", got "{x60}"')
+    assert compare_stdout(x61, "y", "strict") == (False, f'line 1: expected "y", got "{"x" * 57}..."')
+    assert compare_stdout("y", "x" * 10_000, "lcb") == (False, f'line 1: expected "{"x" * 57}...", got "y"')
 
 
 def test_unknown_mode():
