@@ -9,12 +9,26 @@ $(BIN)/codevalue: pyproject.toml
 	$(BIN)/pip install -q -e '.[dev]'
 	@touch $@
 
-.PHONY: demo test lint bench-sandbox clean
+.PHONY: demo test test-fast mutation lint bench-sandbox clean
 demo: $(BIN)/codevalue
 	$(BIN)/codevalue demo
 
 test: $(BIN)/codevalue
 	$(BIN)/python -m pytest -q
+
+# Everything but the tests marked slow (clusters, servers, training).
+test-fast: $(BIN)/codevalue
+	$(BIN)/python -m pytest -q -m "not slow"
+
+# Mutation testing of compare.py, targets.py and the verdict functions of labels.py (slow, not in CI; scores in
+# benchmarks/README.md). MUTATION_JOBS: parallel mutants. Survivors: `$(BIN)/mutmut results`, `mutmut show NAME`.
+MUTATION_JOBS ?= 2
+MUTANTS := "codevalue.compare.*" "codevalue.targets.*" "codevalue.labels.x_judge*" \
+           "codevalue.labels.x__judge_test*" "codevalue.labels.x__missing_verdict*"
+mutation: $(BIN)/codevalue
+	$(BIN)/pip install -q 'mutmut>=3.3,<4'
+	$(BIN)/mutmut run --max-children $(MUTATION_JOBS) $(MUTANTS)
+	$(BIN)/python benchmarks/mutation_scores.py
 
 lint: $(BIN)/codevalue
 	$(BIN)/ruff check codevalue tests benchmarks
@@ -23,4 +37,4 @@ bench-sandbox: $(BIN)/codevalue
 	$(BIN)/python benchmarks/bench_sandbox.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache runs
+	rm -rf $(VENV) .pytest_cache runs mutants
