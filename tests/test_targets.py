@@ -8,7 +8,7 @@ import pytest
 from codevalue.cli import main
 from codevalue.errors import DataError
 from codevalue.jsonl import read_jsonl
-from codevalue.problems import load_problems
+from codevalue.problems import Problem, load_problems
 from codevalue.targets import (
     FAILURE_CLASSES,
     ValueTargets,
@@ -246,9 +246,8 @@ def test_build_targets_missing_passed_names_field_and_line(tmp_path):
     path = write_lines(tmp_path / "l.jsonl", [labeled("HumanEval/0", 0, "    return 0\n", "pass"), rec])
     with pytest.raises(DataError) as info:
         build_targets(path, "humaneval", tmp_path / "t.jsonl")
-    assert info.value.field == "passed"
-    assert info.value.line == 2
-    assert "field 'passed'" in str(info.value)
+    assert str(info.value) == (f"{path}, record 2, field 'passed': missing field (is this `codevalue label` "
+                               "output?)")
     assert not (tmp_path / "t.jsonl").exists()
 
 
@@ -258,14 +257,14 @@ def test_build_targets_missing_other_fields(tmp_path, field):
     del rec[field]
     with pytest.raises(DataError) as info:
         build_targets(write_lines(tmp_path / "l.jsonl", [rec]), "humaneval", tmp_path / "t.jsonl")
-    assert info.value.field == field and info.value.line == 1
+    assert (info.value.path, info.value.line, info.value.field) == (str(tmp_path / "l.jsonl"), 1, field)
 
 
 def test_build_targets_unknown_problem(tmp_path):
     path = write_lines(tmp_path / "l.jsonl", [labeled("HumanEval/99999", 0, "x", "pass")])
-    with pytest.raises(DataError, match="unknown problem 'HumanEval/99999'") as info:
+    with pytest.raises(DataError) as info:
         build_targets(path, "humaneval", tmp_path / "t.jsonl")
-    assert info.value.field == "problem_id"
+    assert str(info.value) == f"{path}, record 1, field 'problem_id': unknown problem 'HumanEval/99999'"
 
 
 def test_build_targets_refuses_a_rollout_twice(tmp_path):
@@ -273,15 +272,17 @@ def test_build_targets_refuses_a_rollout_twice(tmp_path):
     recs = [labeled("HumanEval/0", 0, "    return 0\n", "pass"), labeled("HumanEval/2", 0, "    return 1\n", "pass"),
             labeled("HumanEval/0", 0, "    return 0\n", "pass")]
     with pytest.raises(DataError, match=r"record 3, field 'rollout_id': duplicate rollout_id '0' of problem "
-                                        r"'HumanEval/0' \(first on record 1\)"):
+                                        r"'HumanEval/0' \(first on record 1\)") as info:
         build_targets(write_lines(tmp_path / "l.jsonl", recs), "humaneval", tmp_path / "t.jsonl")
+    assert info.value.path == str(tmp_path / "l.jsonl")
     assert not (tmp_path / "t.jsonl").exists()
 
 
 def test_build_targets_only_infra_errors(tmp_path):
-    path = write_lines(tmp_path / "l.jsonl", [labeled("HumanEval/0", 0, "x", "infra_error")])
+    path = write_lines(tmp_path / "l.jsonl", [labeled("HumanEval/0", 0, "x", "infra_error"),
+                                              labeled("HumanEval/0", 1, "y", "infra_error")])
     summary = build_targets(path, "humaneval", tmp_path / "t.jsonl")
-    assert summary == {"rollouts": 0, "problems": 0, "dropped_infra_error": 1, "smooth": 0.0}
+    assert summary == {"rollouts": 0, "problems": 0, "dropped_infra_error": 2, "smooth": 0.0}
     assert (tmp_path / "t.jsonl").read_text() == ""
 
 
@@ -289,7 +290,24 @@ def test_build_targets_rejects_unknown_verdict(tmp_path):
     path = write_lines(tmp_path / "l.jsonl", [labeled("HumanEval/0", 0, "x", "wrong answer")])
     with pytest.raises(DataError) as info:
         build_targets(path, "humaneval", tmp_path / "t.jsonl")
-    assert info.value.field == "verdict"
+    assert str(info.value) == f"{path}, record 1, field 'verdict': unknown verdict 'wrong answer'"
+
+
+def test_build_targets_prompt_is_what_the_generator_was_given(tmp_path):
+    """The rollout's own prompt (written by `codevalue generate`), else the problem's: for APPS the question and
+    its starter code, which the value model reads before the completion."""
+    problems = [Problem("1", "apps", "call", prompt="Add two numbers.", starter_code="def add(a, b):\n",
+                        entry_point="add"),
+                Problem("2", "apps", "stdin", prompt="Print 1."),
+                Problem("HumanEval/0", "humaneval", "check", prompt="def f():\n", check_code="check(f)")]
+    path = write_lines(tmp_path / "l.jsonl", [
+        labeled("1", 0, "    return a + b\n", "pass"), labeled("2", 0, "print(1)\n", "pass"),
+        labeled("HumanEval/0", 0, "    return 1\n", "pass"),
+        labeled("HumanEval/0", 1, "    return 2\n", "pass", prompt="<|user|>def f():\n<|assistant|>")])
+    build_targets(path, problems, tmp_path / "t.jsonl")
+    assert [r["prompt"] for _, r in read_jsonl(tmp_path / "t.jsonl")] == [
+        "Add two numbers.\n\nStarter code:\ndef add(a, b):\n", "Print 1.", "def f():\n",
+        "<|user|>def f():\n<|assistant|>"]
 
 
 def test_cli_targets(tmp_path, capsys):
