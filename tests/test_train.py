@@ -265,6 +265,7 @@ def logged_losses(trainer) -> list[float]:
     return [h["loss"] for h in trainer.state.log_history if "loss" in h]
 
 
+@pytest.mark.slow
 def test_train_last_layer_with_aux_head(tmp_path, tok, base_dir, captured):
     seen, capturing = captured
     records = synthetic_examples()
@@ -310,6 +311,7 @@ def test_train_last_layer_with_aux_head(tmp_path, tok, base_dir, captured):
     assert sum(passing) / len(passing) > sum(failing) / len(failing) + 0.2
 
 
+@pytest.mark.slow
 def test_lora_trains_and_saves_a_plain_model(tmp_path, tok, base_dir, captured):
     seen, capturing = captured
     records = synthetic_examples(16)
@@ -354,6 +356,7 @@ def test_lora_trains_and_saves_a_plain_model(tmp_path, tok, base_dir, captured):
     assert [s.final for s in scores] == pytest.approx(plain_final, abs=1e-6)
 
 
+@pytest.mark.slow
 def test_train_targets_from_file(tmp_path, tok, base_dir):
     """A file path works as input, and the value targets are read from it (ValueTargets round trip)."""
     records = synthetic_examples(3)
@@ -451,6 +454,7 @@ def checked_examples(n_problems: int = 16) -> list[dict]:
     return records
 
 
+@pytest.mark.slow
 def test_read_checks_model_reads_the_check_results(tmp_path, tok, base_dir):
     records = checked_examples()
     args = run_args(tmp_path, num_train_epochs=8, train_last_layers=-1, eval_fraction=0.0, read_checks=True,
@@ -505,6 +509,7 @@ MPI_ON_LOOPBACK = {"OMPI_MCA_oob_tcp_if_include": "lo", "OMPI_MCA_btl_tcp_if_inc
                    "OMPI_MCA_btl": "self,vader"}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("launcher", [
     "torchrun",  # accelerate's --multi_gpu launcher (torchrun); without a GPU each rank is a CPU process
     pytest.param("mpirun", marks=pytest.mark.skipif(__import__("shutil").which("mpirun") is None,
