@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from codevalue.compare import MODES, compare_call_result, compare_stdout
 from codevalue.targets import prefix_value_targets
 
-PROPERTY = settings(deadline=None, database=None, derandomize=True, max_examples=150)
+PROPERTY = settings(deadline=None, database=None, derandomize=True, max_examples=60)
 
 # printable text whose only line break is "\n": the APPS harness splits output with str.splitlines(), which also
 # breaks at \r, \v, \f, \x1c-\x1e, \x85, \u2028 and \u2029 (see test_apps_splits_lines_at_more_than_newline)
