@@ -78,6 +78,16 @@ def test_judge_test_statuses(status, error, verdict, reason):
     assert label.first_failure == {"test": 1, "verdict": verdict, "reason": reason}
 
 
+def test_judge_ok_without_output_compares_empty_output():
+    # a test reported ok with no stdout (stdin problem) or no result (call problem) is judged as printing or
+    # returning nothing, never skipped
+    label = judge(STDIN, run(Outcome("ok"), ok("2"), ok("3")), "lcb")
+    assert label.first_failure == {"test": 0, "verdict": "wrong_answer", "reason": 'line 1: expected "1", got ""'}
+    call = judge(CALL, run(Outcome("ok"), ok(result="[4]")), "strict")
+    assert call.first_failure == {"test": 0, "verdict": "wrong_answer",
+                                  "reason": "result is not a plain Python literal: "}
+
+
 def test_judge_check_assertion_is_wrong_answer():
     label = judge(CHECK, run(Outcome("error", error="AssertionError: ")), "apps")
     assert (label.verdict, label.tests_passed, label.tests_total) == ("wrong_answer", 0, 1)
