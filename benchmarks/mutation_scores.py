@@ -24,18 +24,17 @@ SELECTED = {
 }
 KILLED = {1, 3, 36, 24, -24, 152, 255, 37}  # failing tests, timeouts, caught by the type check
 NOT_RUN = {None, 34}  # not checked yet, skipped
-_NAME = re.compile(r"^codevalue\.(\w+)\.x_(.+)__mutmut_\d+$")
+_NAME = re.compile(r"^codevalue\.(\w+)\.x(?:_|ǁ(\w+)ǁ)(\w+?)__mutmut_\d+$")
 
 
 def function_of(mutant: str) -> tuple[str, str] | None:
-    """(module, function) of a mutant name such as codevalue.labels.x__judge_test__mutmut_3."""
+    """(module, function) of a mutant name: codevalue.labels.x__judge_test__mutmut_3 -> ("labels", "_judge_test");
+    a method's (codevalue.labels.xǁLabelStageǁjudge__mutmut_1) is "LabelStage.judge", never the function judge."""
     match = _NAME.match(mutant)
     if not match:
         return None
-    name = match.group(2)
-    if "ǁ" in name:  # a method: Class ǁ method
-        name = name.split("ǁ")[-1]
-    return match.group(1), name
+    module, cls, name = match.groups()
+    return module, f"{cls}.{name}" if cls else name
 
 
 def scores(meta_dir: Path = META) -> tuple[dict[str, Counter], dict[str, list[str]]]:
