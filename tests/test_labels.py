@@ -101,7 +101,7 @@ def test_judge_assert_inside_an_apps_program_is_a_runtime_error():
 
 @pytest.mark.parametrize("load_status,verdict", [
     ("syntax_error", "syntax_error"), ("error", "runtime_error"), ("timeout", "timeout"),
-    ("memory", "memory_exceeded"),
+    ("memory", "memory_exceeded"), ("weird", "runtime_error"),  # an unknown load status is never a pass
 ])
 def test_judge_load_failures(load_status, verdict):
     result = ExecutionResult(load_status=load_status, load_error="boom", tests=[Outcome("missing")] * 3)
