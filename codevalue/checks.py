@@ -37,8 +37,8 @@ from .engine import Plan, content_key, run_stage
 from .errors import DataError
 from .jsonl import read_jsonl
 from .problems import DATA_DIR, Problem, load_problems
+from .rollouts import evaluated_completion, program_for
 from .sandbox import ExecutionResult, Job, SandboxConfig
-from .targets import evaluated_completion
 
 BUNDLED_TESTS = DATA_DIR / "humaneval" / "codegen16b_generated_tests.jsonl.gz"
 MARKER = "__codevalue_check__"
@@ -246,10 +246,6 @@ def describe_checks(features: dict[str, float]) -> str:
             f"{' best' if features['srank_top'] else ''}\n")
 
 
-def _program_of(problem: Problem, rec: dict) -> str:
-    return (problem.prompt if problem.completion_continues_prompt else "") + evaluated_completion(rec)
-
-
 class CheckStage:
     """`codevalue checks` on the execution engine: each distinct program runs once on its problem's generated
     tests; features are computed per problem over all its rollouts once everything ran."""
@@ -284,7 +280,8 @@ class CheckStage:
                                   "programs", line=line, field="problem_id")
         if not isinstance(record.get("completion_truncated", record.get("completion")), str):
             raise DataError(path, "missing or not a string", line=line, field="completion")
-        tests, program = self.tests_of(problem), _program_of(problem, record)
+        tests = self.tests_of(problem)
+        program = program_for(problem, evaluated_completion(record), hidden_tests=False)  # what label runs
         key = content_key("checks", TEST_TIMEOUT, MAX_TIMEOUTS, problem.problem_id, problem.entry_point, tests, program)
 
         def job() -> Job:

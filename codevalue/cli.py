@@ -3,14 +3,30 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+from . import __version__
 from .errors import CodevalueError
 
 CODET_PUBLISHED = {"random pick (CodeT paper)": 22.8, "greedy": 29.7, "CodeT": 36.7,
                    "Coder-Reviewer": 42.6, "SRank": 43.1}
+
+
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Every option's default in its help line, unless there is none to show (None, off, empty) or the help
+    already says it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        help = action.help or ""
+        default = action.default
+        if (not action.option_strings or default in (None, False, argparse.SUPPRESS) or default == []
+                or "default" in help):
+            return help
+        return help + " (default: %(default)s)"
 
 
 def _count(minimum: int):
@@ -62,6 +78,9 @@ def cmd_label(args: argparse.Namespace) -> int:
     from .labels import LabelConfig, label_rollouts
     from .rollouts import parse_stop
 
+    if (args.rollouts is None) == (args.rollouts_option is None):
+        raise CodevalueError("label: give the rollouts file once, as `codevalue label ROLLOUTS` (or --rollouts)")
+    args.rollouts = args.rollouts or args.rollouts_option
     config = LabelConfig(mode=args.mode, timeout=args.timeout, program_timeout=args.program_timeout,
                          stop=parse_stop(args.stop), sandbox=_sandbox_config(args))
     summary = label_rollouts(args.problems, args.rollouts, args.out, config, progress=not args.quiet,
@@ -87,9 +106,26 @@ def _print_summary(summary: dict) -> None:
 def cmd_problems(args: argparse.Namespace) -> int:
     from collections import Counter
 
-    from .problems import load_problems
+    from .problems import export_problems, load_problems
 
     problems = load_problems(args.source, format=args.format, split=args.split)
+    by_id = {p.problem_id: p for p in problems}
+    for pid in args.show:
+        if pid not in by_id:
+            raise CodevalueError(f"{args.source}: no problem {pid!r} (ids look like {problems[0].problem_id!r}; "
+                                 "--list shows them all)")
+    if args.export:
+        n = export_problems(args.source, args.export, ids=args.show or None, format=args.format, split=args.split)
+        print(f"wrote {n} problem records -> {args.export}")
+        return 0
+    if args.show:
+        for pid in args.show:
+            _show_problem(by_id[pid])
+        return 0
+    if args.list:
+        for p in problems:
+            print(f"{p.problem_id}\t{p.kind}\t{p.n_tests} tests\t{p.entry_point or '-'}")
+        return 0
     kinds = Counter(p.kind for p in problems)
     no_tests = [p.problem_id for p in problems if p.n_tests == 0]
     print(f"{len(problems)} problems: " + ", ".join(f"{k} {v}" for k, v in sorted(kinds.items())))
@@ -97,6 +133,19 @@ def cmd_problems(args: argparse.Namespace) -> int:
         print(f"{len(no_tests)} problems have NO tests (their rollouts are labelled infra_error): "
               + ", ".join(no_tests[:20]) + (" ..." if len(no_tests) > 20 else ""))
     return 0
+
+
+def _show_problem(p, tests: int = 3) -> None:
+    """One problem as a reader wants it: what the model is asked, and what decides pass."""
+    print(f"== {p.problem_id} ({p.source}, {p.kind}{', entry point ' + p.entry_point if p.entry_point else ''}, "
+          f"{p.n_tests} tests)")
+    print(p.model_prompt.rstrip())
+    if p.kind == "check":
+        print(f"-- check code (runs after prompt + completion)\n{p.check_code.rstrip()}")
+    for i, t in enumerate(p.tests[:tests]):
+        print(f"-- test {i}: input {t.input!r}\n   expected {t.output!r}")
+    if len(p.tests) > tests:
+        print(f"-- ... {len(p.tests) - tests} more tests")
 
 
 def cmd_sandbox(args: argparse.Namespace) -> int:
@@ -167,13 +216,14 @@ def _add_train_options(p: argparse.ArgumentParser, epochs: float = 2, tiny_defau
                    help=f"offline tiny Phi-3 backbone (default {tiny_default})")
     p.set_defaults(tiny_default=tiny_default)
     g2 = p.add_mutually_exclusive_group()
-    g2.add_argument("--train-last-layers", type=int, default=12, help="train head + last K blocks (paper: 12)")
+    g2.add_argument("--train-last-layers", type=int, default=12,
+                    help="train head + last K blocks (paper: 12; -1: every parameter, as --full)")
     g2.add_argument("--lora-r", type=int, default=0, help="train LoRA adapters of this rank + the head")
     g2.add_argument("--full", action="store_true", help="train every parameter")
-    p.add_argument("--epochs", type=float, default=epochs)
-    p.add_argument("--lr", type=float, default=3e-4)
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--grad-accum", type=int, default=1)
+    p.add_argument("--epochs", type=float, default=epochs, help="passes over the training rollouts")
+    p.add_argument("--lr", type=float, default=3e-4, help="peak learning rate (AdamW, cosine schedule)")
+    p.add_argument("--batch-size", type=int, default=16, help="examples (or groups, with --group-size) per step")
+    p.add_argument("--grad-accum", type=int, default=1, help="gradient accumulation steps")
     p.add_argument("--max-length", type=int, default=1024, help="tokens per example (prompt cut from the left)")
     p.add_argument("--aux-weight", type=float, default=0.0, help="weight of the auxiliary verdict-class head")
     p.add_argument("--group-size", type=int, default=0,
@@ -188,9 +238,9 @@ def _add_train_options(p: argparse.ArgumentParser, epochs: float = 2, tiny_defau
                    help="execution-aware: the model also reads each program's generated-test results "
                         "(targets built from `codevalue checks` output)")
     p.add_argument("--eval-fraction", type=float, default=0.1, help="share of training problems held out")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--bf16", action="store_true")
-    p.add_argument("--gradient-checkpointing", action="store_true")
+    p.add_argument("--seed", type=int, default=0, help="seed of the problem split, sampling and initialisation")
+    p.add_argument("--bf16", action="store_true", help="train in bfloat16 mixed precision")
+    p.add_argument("--gradient-checkpointing", action="store_true", help="recompute activations (less memory)")
 
 
 def _training_args(args: argparse.Namespace, output_dir: Path, save_checkpoints: bool = False):
@@ -326,16 +376,43 @@ def cmd_score(args: argparse.Namespace) -> int:
     return 0
 
 
+MODEL_COMMANDS = ("train", "crossval", "score", "demo", "run", "pretrain", "rerank", "generate", "serve")
+
+
+@contextlib.contextmanager
+def _quiet_libraries(args: argparse.Namespace) -> Iterator[None]:
+    """--quiet also silences the progress bars of transformers (weight loading) and huggingface_hub, restored
+    afterwards (main() may be called again in the same process)."""
+    if not getattr(args, "quiet", False) or args.command not in MODEL_COMMANDS:
+        yield  # commands that load no model do not pay for importing transformers
+        return
+    from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
+    from transformers.utils import logging as hf_logging
+
+    was_on, hub_was_on = hf_logging.is_progress_bar_enabled(), not are_progress_bars_disabled()
+    hf_logging.disable_progress_bar()
+    disable_progress_bars()
+    try:
+        yield
+    finally:
+        if was_on:
+            hf_logging.enable_progress_bar()
+        if hub_was_on:
+            enable_progress_bars()
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="codevalue", description=__doc__)
+    parser = argparse.ArgumentParser(prog="codevalue", description=__doc__, formatter_class=_HelpFormatter)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("label", help="run rollouts against their problems' tests and write verdicts")
     p.add_argument("--problems", required=True,
                    help="problems file (JSONL/JSONL.gz/Parquet), bundled name (humaneval, mbpp, "
                         "apps-intro-test, ...) or hub dataset id")
-    p.add_argument("--rollouts", required=True, help="rollouts JSONL: problem_id, rollout_id, completion")
-    p.add_argument("--out", required=True, help="labelled JSONL to write (resumed if it exists)")
+    p.add_argument("rollouts", nargs="?", help="rollouts JSONL: problem_id, rollout_id, completion")
+    p.add_argument("--rollouts", dest="rollouts_option", metavar="ROLLOUTS", help="the same, as an option")
+    p.add_argument("-o", "--out", required=True, help="labelled JSONL to write (resumed if it exists)")
     p.add_argument("--format", choices=["apps", "humaneval", "mbpp"], help="problem format (default: detect)")
     p.add_argument("--mode", default="apps", choices=["apps", "lcb", "strict"],
                    help="APPS output comparison: apps = the reference harness verdict for verdict; "
@@ -370,9 +447,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("crossval", help="K models on problem folds; each problem scored by one that never saw it")
     p.add_argument("targets", help="`codevalue targets` output")
     p.add_argument("-o", "--out", required=True, help="directory for fold models, scores.jsonl and the report")
-    p.add_argument("--folds", type=int, default=2)
+    p.add_argument("--folds", type=int, default=2, help="cross-validation folds (models trained)")
     p.add_argument("--per-problem", type=int, default=None, help="train on at most N rollouts per problem")
-    p.add_argument("--score-batch-size", type=int, default=32)
+    p.add_argument("--score-batch-size", type=int, default=32, help="rollouts per forward pass when scoring")
     p.add_argument("--name", default="value model", help="critic name in the report")
     p.add_argument("--quiet", action="store_true")
     _add_train_options(p)
@@ -396,14 +473,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_checks)
 
     p = sub.add_parser("pretrain", help="language-model warm start of a tiny backbone on local Python code")
-    p.add_argument("--tiny", choices=["1m", "4m", "16m"], default="1m")
+    p.add_argument("--tiny", choices=["1m", "4m", "16m"], default="1m", help="backbone size")
     p.add_argument("-o", "--out", required=True, help="checkpoint directory (then: --base OUT)")
     p.add_argument("--corpus", default="stdlib",
                    help="stdlib (default), site-packages, or a directory of .py files; never the benchmark data")
-    p.add_argument("--max-steps", type=int, default=1500)
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--max-steps", type=int, default=1500, help="optimizer steps")
+    p.add_argument("--batch-size", type=int, default=8, help="sequences per step")
     p.add_argument("--block-size", type=int, default=512, help="tokens per training sequence")
-    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate")
     p.add_argument("--max-chars", type=int, default=12_000_000, help="characters of the corpus to read")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true")
@@ -411,7 +488,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("codet", help="non-learned rerankers (CodeT dual agreement, ...) over check results")
     p.add_argument("checked", help="`codevalue checks` output")
-    p.add_argument("--method", default="codet", choices=["codet", "srank", "agreement", "overlap", "passed"])
+    p.add_argument("--method", default="codet", choices=["codet", "srank", "agreement", "overlap", "passed"],
+                   help="codet: dual agreement; srank: functional overlap weighted by tests passed; agreement: "
+                        "share with identical outputs; overlap: mean output similarity; passed: tests passed")
     p.add_argument("-o", "--out", required=True, help="scores JSONL for `codevalue evaluate`")
     p.set_defaults(func=cmd_codet)
 
@@ -421,7 +500,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--out", required=True)
     p.add_argument("--problems", help="problems, when the rollouts carry no `prompt` field")
     p.add_argument("--per-token", action="store_true", help="also write the value after every token")
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--batch-size", type=int, default=16, help="rollouts per forward pass")
     p.add_argument("--ray", metavar="ADDRESS",
                    help="score on a Ray cluster, one model replica per actor: auto (a running cluster), local "
                         "(start one here) or HOST:PORT; MODEL must be at the same path on every node")
@@ -443,6 +522,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("source", help="file, bundled name or hub dataset id")
     p.add_argument("--format", choices=["apps", "humaneval", "mbpp"])
     p.add_argument("--split", default="test", help="split, for hub datasets")
+    p.add_argument("--list", action="store_true", help="one line per problem: id, kind, tests, entry point")
+    p.add_argument("--show", action="append", default=[], metavar="ID",
+                   help="print this problem: prompt, check code or first tests (repeatable)")
+    p.add_argument("--export", metavar="OUT.jsonl",
+                   help="write the problems' records unchanged (only the --show ones, when given)")
     p.set_defaults(func=cmd_problems)
 
     p = sub.add_parser("sandbox", help="show the isolation in force on this machine")
@@ -454,25 +538,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--folds", type=int, default=2, help="cross-validation folds (more: slower, more training data)")
     p.add_argument("--per-problem", type=int, default=32,
                    help="rollouts per problem used for training (more: slower, maybe better)")
-    p.add_argument("--score-batch-size", type=int, default=32)
+    p.add_argument("--score-batch-size", type=int, default=32, help="rollouts per forward pass when scoring")
     p.add_argument("--quiet", action="store_true")
     _add_sandbox_options(p)
     _add_train_options(p, epochs=3, tiny_default="1m")
     # The best cross-validated recipe so far (benchmarks/RESULTS.md): group-wise batches + listwise loss,
     # reading the generated-test results after the program.
-    p.set_defaults(full=True, max_length=1024, lr=1e-3, group_size=8, batch_size=2, rank_weight=3.0,
+    p.set_defaults(train_last_layers=-1, max_length=1024, lr=1e-3, group_size=8, batch_size=2, rank_weight=3.0,
                    read_checks=True)
     p.set_defaults(func=cmd_demo)
+    for p in sub.choices.values():  # subcommands added elsewhere too
+        p.formatter_class = _HelpFormatter
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
     try:
-        return args.func(args)
+        args = build_parser().parse_args(argv)
+        with _quiet_libraries(args):
+            code = args.func(args)
+        sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's exit
+        return code
     except CodevalueError as e:
         print(f"codevalue: error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `codevalue ... | head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing left to flush at exit
+        return 141  # 128 + SIGPIPE, what a shell reports for a program killed by the closed pipe
     except KeyboardInterrupt:
         print("\ncodevalue: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130

@@ -39,7 +39,6 @@ from .errors import CodevalueError
 from .jsonl import JsonlAppender, read_completed_lines, write_jsonl
 from .problems import Problem, load_problems
 from .rollouts import CODEX_STOP, parse_stop
-from .targets import _prompt_of
 
 
 @dataclass
@@ -354,14 +353,14 @@ def build_prompt(problem: Problem, tokenizer=None, chat_template: bool = True) -
     stdin/call-based instruction, in the tokenizer's chat template when it has one (the answer is then a
     fenced block, which `label` extracts), else in the APPS paper's QUESTION/ANSWER format."""
     if problem.source != "apps":
-        return _prompt_of(problem)
+        return problem.model_prompt
     if chat_template and tokenizer is not None and getattr(tokenizer, "chat_template", None):
         if problem.kind == "call":
             how = (f"Complete the starter code: `{problem.entry_point}` is called with each test's arguments "
                    "and its return value is checked.")
         else:
             how = "Read the input from standard input and print the answer to standard output."
-        message = (f"Solve this programming problem in Python 3.\n\n{_prompt_of(problem)}\n\n{how}\n"
+        message = (f"Solve this programming problem in Python 3.\n\n{problem.model_prompt}\n\n{how}\n"
                    "Answer with the complete program in a single ```python code block.")
         return tokenizer.apply_chat_template([{"role": "user", "content": message}], tokenize=False,
                                              add_generation_prompt=True)

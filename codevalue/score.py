@@ -25,14 +25,14 @@ from .errors import CodevalueError, DataError
 from .jsonl import read_jsonl, write_jsonl
 from .model import SIDECAR, InputSpec, ValueModel, input_suffix
 from .problems import load_problems
-from .targets import _prompt_of, evaluated_completion
+from .rollouts import evaluated_completion
 
 
 def prompts_and_completions(numbered: list[tuple[int, dict]], source: object,
                             problems: str | None) -> tuple[list[str], list[str]]:
     """What the value model reads for each (line, record): the record's `prompt` (else its problem's, from
     `problems`) and the completion that was run. Errors name the file, line and field."""
-    prompts_by_id = {p.problem_id: _prompt_of(p) for p in load_problems(problems)} if problems else {}
+    prompts_by_id = {p.problem_id: p.model_prompt for p in load_problems(problems)} if problems else {}
     prompts, completions = [], []
     for line, rec in numbered:
         if "completion" not in rec and "completion_scored" not in rec:
@@ -41,8 +41,8 @@ def prompts_and_completions(numbered: list[tuple[int, dict]], source: object,
         if prompt is None:
             pid = str(rec.get("problem_id"))
             if pid not in prompts_by_id:
-                raise DataError(source, f"no prompt for problem {pid!r}: pass --problems", line=line,
-                                field="problem_id")
+                fix = f"it is not in {problems}" if problems else "pass --problems"
+                raise DataError(source, f"no prompt for problem {pid!r}: {fix}", line=line, field="problem_id")
             prompt = prompts_by_id[pid]
         prompts.append(prompt)
         completions.append(rec["completion_scored"] if "completion_scored" in rec else evaluated_completion(rec))

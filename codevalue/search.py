@@ -551,11 +551,15 @@ def add_parsers(subparsers) -> None:
     p.add_argument("-o", "--out", required=True, help="JSONL of the picks, one per problem")
     p.add_argument("--model", help="codevalue model directory (default: use the records' `value` field)")
     p.add_argument("--problems", help="problems, when the rollouts carry no `prompt` field")
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--batch-size", type=int, default=16, help="rollouts per forward pass")
     p.set_defaults(func=cmd_rerank)
 
-    p = subparsers.add_parser("prune-replay", help="replay PRM-guided early pruning on per-token scores",
-                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = subparsers.add_parser(
+        "prune-replay", help="replay PRM-guided early pruning on per-token scores",
+        description="What PRM-guided early pruning would have saved and cost, replayed exactly on labelled rollouts "
+                    "scored per token (the value model is causal: the value after token t is what the policy would "
+                    "have seen). Each pruning policy is compared with generating fewer rollouts at the same token "
+                    "budget. Details: the docstring of codevalue/search.py.")
     p.add_argument("scores", help="`codevalue crossval` scores.jsonl or `codevalue score --per-token` output "
                                   "of labelled rollouts")
     p.add_argument("-o", "--out", required=True, help="directory for prune_replay.json/.md/.png")
@@ -569,7 +573,7 @@ def add_parsers(subparsers) -> None:
     p.add_argument("--refill", type=int, metavar="W",
                    help="also replay W rollouts at a time with pruned ones replaced (spend the saved budget)")
     p.add_argument("--permutations", type=int, default=10, help="random generation orders for --refill")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the --refill orders")
     p.set_defaults(func=cmd_prune_replay)
 
 

@@ -538,9 +538,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--api-key", default=None,
                    help=f"require 'Authorization: Bearer KEY' on every endpoint but /health (default: the "
                         f"environment variable {API_KEY_ENV}, which other users cannot see in `ps`)")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--port", type=int, default=8000, help="TCP port to listen on")
     p.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
-    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                   help="weights dtype (auto: the checkpoint's)")
     p.add_argument("--max-items", type=int, default=DEFAULT_MAX_ITEMS, help="items per request (else 413)")
     p.add_argument("--max-tokens", type=int, default=DEFAULT_MAX_TOKENS, help="tokens per item (else 422)")
     p.add_argument("--max-body-mb", type=int, default=DEFAULT_MAX_BODY_BYTES // 2**20,
@@ -554,7 +555,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="how long a batch waits for more items after its first (default 2 ms)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--name", help="model name reported by /health and /v1/score (default: MODEL)")
-    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"],
+                   help="uvicorn log level")
     p.set_defaults(func=cmd_serve)
     return p
 

@@ -37,6 +37,7 @@ import numpy as np
 from .errors import DataError
 from .jsonl import read_jsonl, write_jsonl
 from .problems import Problem, load_problems
+from .rollouts import evaluated_completion
 
 # Classes of the optional auxiliary head ("what will the checker say?"); memory errors count as runtime.
 FAILURE_CLASSES = ("pass", "wrong_answer", "runtime_error", "timeout", "syntax_error")
@@ -103,11 +104,6 @@ def failure_class(verdict: str) -> int | None:
     return _CLASS_OF.get(verdict)
 
 
-def evaluated_completion(record: dict[str, Any]) -> str:
-    """The completion text that was run (after --stop truncation), which later stages score."""
-    return record.get("completion_truncated", record["completion"])
-
-
 def build_targets(labeled: str | os.PathLike, problems: str | os.PathLike | list[Problem],
                   out: str | os.PathLike, smooth: float = 0.0) -> dict[str, Any]:
     """Read `codevalue label` output, write it back with `prompt`, `value_targets`, `label_class` and
@@ -120,7 +116,7 @@ def build_targets(labeled: str | os.PathLike, problems: str | os.PathLike | list
     """
     if not isinstance(problems, list):
         problems = load_problems(problems)
-    prompts = {p.problem_id: _prompt_of(p) for p in problems}
+    prompts = {p.problem_id: p.model_prompt for p in problems}
     groups: dict[str, list[dict]] = defaultdict(list)
     seen: dict[tuple[str, str], int] = {}
     dropped = 0
@@ -157,13 +153,3 @@ def build_targets(labeled: str | os.PathLike, problems: str | os.PathLike | list
     write_jsonl(out, records)
     return {"rollouts": len(records), "problems": len(groups), "dropped_infra_error": dropped,
             "smooth": smooth}
-
-
-def _prompt_of(problem: Problem) -> str:
-    """The text the generator was given, which the value model reads before the completion."""
-    if problem.source == "apps":
-        prompt = problem.prompt
-        if problem.starter_code:
-            prompt += "\n\nStarter code:\n" + problem.starter_code
-        return prompt
-    return problem.prompt

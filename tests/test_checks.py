@@ -5,6 +5,7 @@ import json
 import pytest
 
 from codevalue.checks import (
+    CheckStage,
     describe_checks,
     dual_agreement,
     execution_features,
@@ -14,7 +15,9 @@ from codevalue.checks import (
     split_assert,
 )
 from codevalue.errors import DataError
+from codevalue.labels import LabelConfig, LabelStage
 from codevalue.problems import Problem
+from codevalue.problems import TestCase as Case
 from codevalue.sandbox import SandboxConfig
 
 
@@ -156,6 +159,24 @@ def test_run_checks_refuses_stdin_problems(tmp_path):
     stdin_problem = Problem("T/0", "apps", "stdin", prompt="read a number")
     with pytest.raises(DataError, match=r"record 1, field 'problem_id'.*no entry point"):
         run_checks(labeled, [stdin_problem], tmp_path / "o.jsonl", tests=tests, progress=False)
+
+
+def test_fenced_call_based_completion_runs_as_in_label(tmp_path):
+    """An APPS call-based completion in a fence: checks run the code inside it, as label does (they ran the
+    fence itself, a syntax error, so every generated test failed)."""
+    problem = Problem("A/1", "apps", "call", tests=[Case([1], 2)], entry_point="inc")
+    fenced = "Add one.\n```python\ndef inc(x):\n    return x + 1\n```\n"
+    tests = tmp_path / "tests.jsonl"
+    tests.write_text(json.dumps({"task_id": "A/1", "text": "inc(1) == 2"}) + "\n")
+    labeled = tmp_path / "labeled.jsonl"
+    labeled.write_text(json.dumps({"problem_id": "A/1", "rollout_id": "r", "completion": fenced}) + "\n")
+    out = tmp_path / "checked.jsonl"
+    run_checks(labeled, [problem], out, tests=tests, sandbox=SandboxConfig(workers=1), progress=False)
+    assert json.loads(out.read_text())["checks"]["passed"] == "1"
+    label_job = LabelStage([problem], LabelConfig()).plan(labeled, 1, json.loads(labeled.read_text())).job()
+    check_job = CheckStage([problem], {"A/1": ["inc(1) == 2"]}, 10).plan(labeled, 1,
+                                                                          json.loads(labeled.read_text())).job()
+    assert check_job.program.startswith(label_job.program + "\n__CV_TESTS = ")  # the same program text
 
 
 def test_run_checks_reruns_rollouts_whose_program_changed(tmp_path):

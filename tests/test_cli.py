@@ -1,14 +1,18 @@
 """The `codevalue` command: exit codes, messages and the label/problems subcommands on tiny inputs."""
 
+import argparse
 import gzip
 import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from codevalue.cli import _sandbox_config, build_parser, main
-from codevalue.problems import BUNDLED
+import codevalue
+from codevalue.cli import _sandbox_config, _training_args, build_parser, main
+from codevalue.problems import BUNDLED, load_problems
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -156,3 +160,109 @@ def test_cli_checks_then_codet_on_bundled_humaneval(tmp_path, capsys):
     assert main(["codet", str(checked), "--method", "srank", "-o", str(scores)]) == 0
     values = {r["rollout_id"]: r["value"] for r in map(json.loads, scores.read_text().splitlines())}
     assert values["a"] == values["b"] == 1.0 > values["c"]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# habits every command shares (issue 12)
+
+
+def subcommands() -> dict[str, argparse.ArgumentParser]:
+    parser = build_parser()
+    return next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0
+    assert capsys.readouterr().out == f"codevalue {codevalue.__version__}\n"
+
+
+@pytest.mark.parametrize("argv", [["problems", "humaneval"], ["problems", "humaneval", "--list"]])
+def test_closed_pipe_exits_quietly(argv):
+    """`codevalue ... | head`: the reader is gone before the output is written; no traceback, no message."""
+    proc = subprocess.Popen([sys.executable, "-m", "codevalue", *argv], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    proc.stdout.close()  # before the child (still importing) writes a byte
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141
+    assert err == ""
+
+
+@pytest.mark.parametrize("name", sorted(subcommands()))
+def test_every_default_is_shown_in_help(name):
+    """An option with a default (not None / off / empty) says it in --help."""
+    p = subcommands()[name]
+    text = " ".join(p.format_help().split())
+    for action in p._actions:
+        if action.option_strings and action.default not in (None, False, [], argparse.SUPPRESS):
+            line = " ".join(p._get_formatter()._format_action(action).split())
+            assert "default" in line, f"{name} {action.option_strings[0]}: {line}"
+    assert len(text) < 6000  # a summary of the options, not a manual (prune-replay printed its module docstring)
+
+
+def test_label_takes_a_positional_input_and_short_out(tmp_path, capsys):
+    rollouts = write_lines(tmp_path / "r.jsonl", [
+        {"problem_id": "HumanEval/0", "rollout_id": "c", "completion": "    return True\n"}])
+    for i, argv in enumerate([[str(rollouts), "-o"], ["--rollouts", str(rollouts), "--out"]]):
+        out = tmp_path / f"o{i}.jsonl"
+        assert main(["label", *argv, str(out), "--problems", "humaneval", "--quiet", "--workers", "1"]) == 0
+        assert capsys.readouterr().out.splitlines()[-1] == f"-> {out} (+ .meta.json, .programs.jsonl)"
+        assert json.loads(out.read_text())["verdict"] == "wrong_answer"
+    for argv in [[], [str(rollouts), "--rollouts", str(rollouts)]]:
+        assert main(["label", *argv, "-o", str(tmp_path / "x.jsonl"), "--problems", "humaneval"]) == 2
+        assert capsys.readouterr().err == ("codevalue: error: label: give the rollouts file once, as "
+                                           "`codevalue label ROLLOUTS` (or --rollouts)\n")
+
+
+@pytest.mark.parametrize("argv,expected", [([], -1), (["--train-last-layers", "4"], 4), (["--full"], -1)])
+def test_demo_training_mode_options_are_used(argv, expected, tmp_path):
+    """demo trains every parameter by default; --train-last-layers K used to be ignored (full=True won)."""
+    args = build_parser().parse_args(["demo", *argv])
+    assert _training_args(args, tmp_path).train_last_layers == expected
+
+
+def test_demo_lora_rank_is_used(tmp_path):
+    args = _training_args(build_parser().parse_args(["demo", "--lora-r", "8"]), tmp_path)
+    assert args.lora_r == 8
+
+
+def test_problems_list_show_export(tmp_path, capsys):
+    assert main(["problems", "humaneval", "--list"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 164 and lines[0] == "HumanEval/0\tcheck\t1 tests\thas_close_elements"
+    assert main(["problems", "humaneval", "--show", "HumanEval/2"]) == 0
+    shown = capsys.readouterr().out
+    assert shown.startswith("== HumanEval/2 (humaneval, check, entry point truncate_number, 1 tests)\n")
+    assert "def truncate_number(number: float) -> float:" in shown and "def check(candidate):" in shown
+    out = tmp_path / "two.jsonl"
+    assert main(["problems", "humaneval", "--show", "HumanEval/2", "--show", "HumanEval/0", "--export", str(out)]) == 0
+    assert capsys.readouterr().out == f"wrote 2 problem records -> {out}\n"
+    exported = load_problems(str(out))
+    by_id = {p.problem_id: p for p in load_problems("humaneval")}
+    assert exported == [by_id["HumanEval/2"], by_id["HumanEval/0"]]  # records unchanged: same problems back
+    assert main(["problems", "humaneval", "--show", "HumanEval/999"]) == 2
+    assert "no problem 'HumanEval/999' (ids look like 'HumanEval/0'" in capsys.readouterr().err
+
+
+def test_problems_show_apps_tests(capsys):
+    first = load_problems("apps-test-mixed")[0]
+    assert main(["problems", "apps-test-mixed", "--show", first.problem_id]) == 0
+    shown = capsys.readouterr().out
+    assert shown.startswith(f"== {first.problem_id} (apps, {first.kind}")
+    assert f"-- test 0: input {first.tests[0].input!r}" in shown
+
+
+def test_humaneval_label_sidecar_records_the_mode_that_applies(tmp_path, capsys):
+    rollouts = write_lines(tmp_path / "r.jsonl", [
+        {"problem_id": "HumanEval/0", "rollout_id": "c", "completion": "    return True\n"}])
+    out = tmp_path / "o.jsonl"
+    assert main(["label", str(rollouts), "-o", str(out), "--problems", "humaneval", "--quiet", "--workers", "1"]) == 0
+    meta = json.loads((tmp_path / "o.jsonl.meta.json").read_text())
+    assert meta["settings"]["mode"] == meta["mode"] == "humaneval"
+    # a sidecar written before (it said the --mode value, "apps") is upgraded, not refused; nothing runs again
+    meta["settings"]["mode"] = meta["mode"] = "apps"
+    (tmp_path / "o.jsonl.meta.json").write_text(json.dumps(meta))
+    assert main(["label", str(rollouts), "-o", str(out), "--problems", "humaneval", "--quiet", "--workers", "1"]) == 0
+    assert "(0 distinct programs run, 1 resumed)" in capsys.readouterr().out
+    assert json.loads((tmp_path / "o.jsonl.meta.json").read_text())["settings"]["mode"] == "humaneval"

@@ -324,3 +324,23 @@ def test_missing_and_empty_files(tmp_path):
     (tmp_path / "empty.jsonl").write_text("\n\n")
     with pytest.raises(DataError, match="no problems in file"):
         load_problems(tmp_path / "empty.jsonl")
+
+
+def test_model_prompt_is_the_question_plus_starter_code():
+    """What the generator was given (the value model reads it before the completion)."""
+    by_id = {p.problem_id: p for p in load_problems("apps-test-mixed")}
+    call = by_id["3123"]
+    assert call.model_prompt == call.prompt + "\n\nStarter code:\ndef count_repeats(txt):"
+    humaneval = load_problems("humaneval")[0]
+    assert humaneval.model_prompt == humaneval.prompt  # the completion continues it
+
+
+def test_export_problems_writes_records_unchanged(tmp_path):
+    from codevalue.problems import export_problems
+
+    assert export_problems(FIXTURES / "mbpp_original.jsonl", tmp_path / "all.jsonl") == 2
+    assert (tmp_path / "all.jsonl").read_text().splitlines() == [
+        json.dumps(json.loads(line)) for line in (FIXTURES / "mbpp_original.jsonl").read_text().splitlines()
+        if line.strip()]
+    with pytest.raises(DataError, match="no problem 'nope'"):
+        export_problems("humaneval", tmp_path / "x.jsonl", ids=["nope"])

@@ -13,6 +13,7 @@ from codevalue.problems import TestCase as Case
 from codevalue.rollouts import (
     CODEX_STOP,
     bundled_codegen_rollouts,
+    evaluated_completion,
     extract_code,
     parse_stop,
     program_for,
@@ -161,6 +162,21 @@ def test_program_for_apps_extracts_the_code():
     assert program_for(stdin, answer) == "print(input())\n"
     assert program_for(call, "```python\ndef f(x):\n    return x\n```") == "def f(x):\n    return x\n"
     assert program_for(stdin, "print(input())") == "print(input())"  # no fence: the whole completion
+
+
+def test_program_for_without_hidden_tests_is_the_program_label_runs():
+    humaneval = load_problems("humaneval")[0]
+    assert program_for(humaneval, "    return 1\n", hidden_tests=False) == humaneval.prompt + "    return 1\n"
+    assert program_for(humaneval, "    return 1\n").startswith(humaneval.prompt + "    return 1\n\n")
+    call = Problem("2", "apps", "call", tests=[Case([1], [1])], entry_point="f")
+    fenced = "```python\ndef f(x):\n    return x\n```"
+    assert program_for(call, fenced, hidden_tests=False) == program_for(call, fenced) == "def f(x):\n    return x\n"
+
+
+def test_evaluated_completion_prefers_truncated():
+    assert evaluated_completion({"completion": "a\nb", "completion_truncated": "a"}) == "a"
+    assert evaluated_completion({"completion": "a\nb", "completion_truncated": ""}) == ""
+    assert evaluated_completion({"completion": "a\nb"}) == "a\nb"
 
 
 def test_bundled_codegen_rollouts(tmp_path):

@@ -130,8 +130,9 @@ def test_missing_prompt_without_problems(tmp_path, vm):
 
 
 def test_unknown_problem_with_problems(tmp_path, vm):
+    """--problems was given: the message says the id is not in it, not to pass --problems."""
     recs = [{"problem_id": "HumanEval/9999", "completion": "c"}]
-    with pytest.raises(DataError, match="no prompt for problem 'HumanEval/9999'") as info:
+    with pytest.raises(DataError, match="no prompt for problem 'HumanEval/9999': it is not in humaneval$") as info:
         score_file(vm, write_lines(tmp_path / "r.jsonl", recs), tmp_path / "s.jsonl", problems="humaneval",
                    progress=False)
     assert info.value.field == "problem_id"
@@ -199,6 +200,16 @@ def test_cli_train_then_score(tmp_path, capsys):
     expected = vm.score([r["prompt"] for r in recs], [r["completion_scored"] for r in recs])
     assert [r["value"] for r in recs] == [round(s.final, 6) for s in expected]
     assert all(len(r["token_values"]) == len(r["token_offsets"]) for r in recs)
+
+
+def test_cli_quiet_silences_the_weight_loading_bar(tmp_path, model_dir, capsys):
+    rollouts = write_lines(tmp_path / "r.jsonl", ROLLOUTS)
+    assert main(["score", str(model_dir), str(rollouts), "-o", str(tmp_path / "s.jsonl"), "--problems", "humaneval",
+                 "--quiet"]) == 0
+    assert capsys.readouterr().err == ""
+    assert main(["score", str(model_dir), str(rollouts), "-o", str(tmp_path / "s.jsonl"), "--problems", "humaneval"
+                 ]) == 0
+    assert "Loading weights" in capsys.readouterr().err  # the bar is back for a run without --quiet
 
 
 def test_cli_score_error_exits_2(tmp_path, model_dir, capsys):

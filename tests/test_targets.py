@@ -14,7 +14,6 @@ from codevalue.targets import (
     FAILURE_CLASSES,
     ValueTargets,
     build_targets,
-    evaluated_completion,
     failure_class,
     prefix_value_targets,
 )
@@ -169,12 +168,6 @@ def test_failure_class(verdict, index):
 def test_failure_classes_order():
     assert FAILURE_CLASSES == ("pass", "wrong_answer", "runtime_error", "timeout", "syntax_error")
     assert FAILURE_CLASSES[failure_class("memory_exceeded")] == "runtime_error"
-
-
-def test_evaluated_completion_prefers_truncated():
-    assert evaluated_completion({"completion": "a\nb", "completion_truncated": "a"}) == "a"
-    assert evaluated_completion({"completion": "a\nb", "completion_truncated": ""}) == ""
-    assert evaluated_completion({"completion": "a\nb"}) == "a\nb"
 
 
 # ---------------------------------------------------------------------------------------------------------
