@@ -23,8 +23,8 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
     def _get_help_string(self, action: argparse.Action) -> str:
         help = action.help or ""
         default = action.default
-        if (not action.option_strings or default in (None, False, argparse.SUPPRESS) or default == []
-                or "default" in help):
+        if (not action.option_strings or default is None or default is False or default == argparse.SUPPRESS
+                or default == [] or "default" in help):
             return help
         return help + " (default: %(default)s)"
 
@@ -52,6 +52,28 @@ def _seconds(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
     if not value > 0:
         raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+    return value
+
+
+def _positive(text: str) -> float:
+    """argparse type: a positive number."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    """argparse type: a share in [0, 1)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text}")
     return value
 
 
@@ -216,17 +238,18 @@ def _add_train_options(p: argparse.ArgumentParser, epochs: float = 2, tiny_defau
                    help=f"offline tiny Phi-3 backbone (default {tiny_default})")
     p.set_defaults(tiny_default=tiny_default)
     g2 = p.add_mutually_exclusive_group()
-    g2.add_argument("--train-last-layers", type=int, default=12,
+    g2.add_argument("--train-last-layers", type=_count(-1), default=12,
                     help="train head + last K blocks (paper: 12; -1: every parameter, as --full)")
-    g2.add_argument("--lora-r", type=int, default=0, help="train LoRA adapters of this rank + the head")
+    g2.add_argument("--lora-r", type=_count(0), default=0, help="train LoRA adapters of this rank + the head")
     g2.add_argument("--full", action="store_true", help="train every parameter")
-    p.add_argument("--epochs", type=float, default=epochs, help="passes over the training rollouts")
-    p.add_argument("--lr", type=float, default=3e-4, help="peak learning rate (AdamW, cosine schedule)")
-    p.add_argument("--batch-size", type=int, default=16, help="examples (or groups, with --group-size) per step")
-    p.add_argument("--grad-accum", type=int, default=1, help="gradient accumulation steps")
-    p.add_argument("--max-length", type=int, default=1024, help="tokens per example (prompt cut from the left)")
+    p.add_argument("--epochs", type=_positive, default=epochs, help="passes over the training rollouts")
+    p.add_argument("--lr", type=_positive, default=3e-4, help="peak learning rate (AdamW, cosine schedule)")
+    p.add_argument("--batch-size", type=_count(1), default=16,
+                   help="examples (or groups, with --group-size) per step")
+    p.add_argument("--grad-accum", type=_count(1), default=1, help="gradient accumulation steps")
+    p.add_argument("--max-length", type=_count(8), default=1024, help="tokens per example (prompt cut from the left)")
     p.add_argument("--aux-weight", type=float, default=0.0, help="weight of the auxiliary verdict-class head")
-    p.add_argument("--group-size", type=int, default=0,
+    p.add_argument("--group-size", type=_count(0), default=0,
                    help="batch rollouts of one problem together, G per group (the batch size counts groups)")
     p.add_argument("--rank-weight", type=float, default=0.0,
                    help="weight of the within-problem ranking loss on final values (needs --group-size)")
@@ -237,7 +260,7 @@ def _add_train_options(p: argparse.ArgumentParser, epochs: float = 2, tiny_defau
     p.add_argument("--read-checks", action=argparse.BooleanOptionalAction, default=False,
                    help="execution-aware: the model also reads each program's generated-test results "
                         "(targets built from `codevalue checks` output)")
-    p.add_argument("--eval-fraction", type=float, default=0.1, help="share of training problems held out")
+    p.add_argument("--eval-fraction", type=_fraction, default=0.1, help="share of training problems held out")
     p.add_argument("--seed", type=int, default=0, help="seed of the problem split, sampling and initialisation")
     p.add_argument("--bf16", action="store_true", help="train in bfloat16 mixed precision")
     p.add_argument("--gradient-checkpointing", action="store_true", help="recompute activations (less memory)")
@@ -447,9 +470,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("crossval", help="K models on problem folds; each problem scored by one that never saw it")
     p.add_argument("targets", help="`codevalue targets` output")
     p.add_argument("-o", "--out", required=True, help="directory for fold models, scores.jsonl and the report")
-    p.add_argument("--folds", type=int, default=2, help="cross-validation folds (models trained)")
-    p.add_argument("--per-problem", type=int, default=None, help="train on at most N rollouts per problem")
-    p.add_argument("--score-batch-size", type=int, default=32, help="rollouts per forward pass when scoring")
+    p.add_argument("--folds", type=_count(2), default=2, help="cross-validation folds (models trained)")
+    p.add_argument("--per-problem", type=_count(1), default=None, help="train on at most N rollouts per problem")
+    p.add_argument("--score-batch-size", type=_count(1), default=32, help="rollouts per forward pass when scoring")
     p.add_argument("--name", default="value model", help="critic name in the report")
     p.add_argument("--quiet", action="store_true")
     _add_train_options(p)
@@ -477,12 +500,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--out", required=True, help="checkpoint directory (then: --base OUT)")
     p.add_argument("--corpus", default="stdlib",
                    help="stdlib (default), site-packages, or a directory of .py files; never the benchmark data")
-    p.add_argument("--max-steps", type=int, default=1500, help="optimizer steps")
-    p.add_argument("--batch-size", type=int, default=8, help="sequences per step")
-    p.add_argument("--block-size", type=int, default=512, help="tokens per training sequence")
-    p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate")
-    p.add_argument("--max-chars", type=int, default=12_000_000, help="characters of the corpus to read")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-steps", type=_count(1), default=1500, help="optimizer steps")
+    p.add_argument("--batch-size", type=_count(1), default=8, help="sequences per step")
+    p.add_argument("--block-size", type=_count(8), default=512, help="tokens per training sequence")
+    p.add_argument("--lr", type=_positive, default=1e-3, help="peak learning rate")
+    p.add_argument("--max-chars", type=_count(1), default=12_000_000, help="characters of the corpus to read")
+    p.add_argument("--seed", type=int, default=0, help="seed of the data order and initialisation")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_pretrain)
 
@@ -500,12 +523,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--out", required=True)
     p.add_argument("--problems", help="problems, when the rollouts carry no `prompt` field")
     p.add_argument("--per-token", action="store_true", help="also write the value after every token")
-    p.add_argument("--batch-size", type=int, default=16, help="rollouts per forward pass")
+    p.add_argument("--batch-size", type=_count(1), default=16, help="rollouts per forward pass")
     p.add_argument("--ray", metavar="ADDRESS",
                    help="score on a Ray cluster, one model replica per actor: auto (a running cluster), local "
                         "(start one here) or HOST:PORT; MODEL must be at the same path on every node")
-    p.add_argument("--ray-actors", type=int, help="model replicas (default: one per GPU, else one per node)")
-    p.add_argument("--chunk-size", type=int,
+    p.add_argument("--ray-actors", type=_count(1), help="model replicas (default: one per GPU, else one per node)")
+    p.add_argument("--chunk-size", type=_count(1),
                    help="rollouts per model call, the unit sent to a Ray actor (default 16 batches, at least 256)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_score)
@@ -535,10 +558,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="the whole pipeline on the bundled HumanEval samples (see README)")
     p.add_argument("--out", default="runs/demo", help="working directory (finished stages are reused)")
-    p.add_argument("--folds", type=int, default=2, help="cross-validation folds (more: slower, more training data)")
-    p.add_argument("--per-problem", type=int, default=32,
+    p.add_argument("--folds", type=_count(2), default=2,
+                   help="cross-validation folds (more: slower, more training data)")
+    p.add_argument("--per-problem", type=_count(1), default=32,
                    help="rollouts per problem used for training (more: slower, maybe better)")
-    p.add_argument("--score-batch-size", type=int, default=32, help="rollouts per forward pass when scoring")
+    p.add_argument("--score-batch-size", type=_count(1), default=32, help="rollouts per forward pass when scoring")
     p.add_argument("--quiet", action="store_true")
     _add_sandbox_options(p)
     _add_train_options(p, epochs=3, tiny_default="1m")

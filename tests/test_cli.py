@@ -195,7 +195,8 @@ def test_every_default_is_shown_in_help(name):
     p = subcommands()[name]
     text = " ".join(p.format_help().split())
     for action in p._actions:
-        if action.option_strings and action.default not in (None, False, [], argparse.SUPPRESS):
+        if action.option_strings and not (action.default is None or action.default is False
+                                          or action.default in ([], argparse.SUPPRESS)):
             line = " ".join(p._get_formatter()._format_action(action).split())
             assert "default" in line, f"{name} {action.option_strings[0]}: {line}"
     assert len(text) < 6000  # a summary of the options, not a manual (prune-replay printed its module docstring)
@@ -266,3 +267,17 @@ def test_humaneval_label_sidecar_records_the_mode_that_applies(tmp_path, capsys)
     assert main(["label", str(rollouts), "-o", str(out), "--problems", "humaneval", "--quiet", "--workers", "1"]) == 0
     assert "(0 distinct programs run, 1 resumed)" in capsys.readouterr().out
     assert json.loads((tmp_path / "o.jsonl.meta.json").read_text())["settings"]["mode"] == "humaneval"
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["train", "t.jsonl", "-o", "m", "--batch-size", "0"], "argument --batch-size: must be at least 1, got 0"),
+    (["train", "t.jsonl", "-o", "m", "--epochs", "-1"], "argument --epochs: must be positive, got -1"),
+    (["train", "t.jsonl", "-o", "m", "--eval-fraction", "1"], "argument --eval-fraction: must be in [0, 1), got 1"),
+    (["crossval", "t.jsonl", "-o", "m", "--folds", "1"], "argument --folds: must be at least 2, got 1"),
+    (["score", "m", "r.jsonl", "-o", "s", "--batch-size", "x"], "argument --batch-size: expected an integer, got 'x'"),
+])
+def test_bad_numbers_are_refused_before_anything_runs(capsys, argv, message):
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1] == f"codevalue {argv[0]}: error: {message}"
