@@ -485,7 +485,7 @@ def run_script_stdin(job: dict, report: _Reporter) -> None:
             finally:
                 _exit(0)
         os.close(write_fd)
-        event, timed_out = _collect(read_fd, pid, job["timeout"] * 2 + 1.0, max_event_bytes(job["output_limit"]))
+        event, timed_out = _collect(read_fd, pid, job["test_wall"], max_event_bytes(job["output_limit"]))
         if event is None:
             event = {"status": "timeout", "error": "TimeLimit: killed at the per-test wall limit"} if timed_out \
                 else {"status": "error", "error": "the test's process died without a result"}

@@ -11,7 +11,6 @@ from __future__ import annotations
 import ctypes
 import gc
 import json
-import math
 import os
 import platform
 import resource
@@ -375,7 +374,7 @@ def _enter_child(job: dict, write_fd: int, workdir: str, iso: dict) -> None:
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # an over-size write fails with EFBIG instead
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGPIPE):
         signal.signal(sig, signal.SIG_DFL)
-    cpu = math.ceil(job["deadline"]) + 1
+    cpu = job["cpu_seconds"]  # computed by codevalue.limits
     mem = job["vm_base"] + job["memory_mb"] * 2**20
     limits = [(resource.RLIMIT_AS, mem), (resource.RLIMIT_CPU, cpu), (resource.RLIMIT_CORE, 0),
               (resource.RLIMIT_FSIZE, job["output_limit"] + 1), (resource.RLIMIT_NOFILE, 256)]

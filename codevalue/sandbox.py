@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from .errors import SandboxError
+from .limits import TimeLimits, time_limits
 from .problems import BUNDLED, DATA_DIR
 
 STYLES = ("humaneval", "apps", "script")
@@ -76,10 +77,12 @@ class Job:
     deadline: float = 0.0  # wall seconds for the whole program, enforced from outside; 0: derived
     tag: Any = None  # the caller's, returned untouched
 
+    def limits(self) -> TimeLimits:
+        """Every time limit of this run (`limits.time_limits`: the one rule; deadline 0 takes its default)."""
+        return time_limits(self.kind, self.style, len(self.inputs), self.timeout, self.deadline or None)
+
     def wall_deadline(self) -> float:
-        if self.deadline:
-            return self.deadline
-        return self.timeout * max(1, len(self.inputs)) + 1.0
+        return self.limits().program
 
 
 @dataclass
@@ -208,9 +211,11 @@ class _Worker:
         self.job: tuple[int, Job, str] | None = None
 
     def send(self, job_id: int, job: Job, nonce: str, config: SandboxConfig) -> None:
+        limits = job.limits()
         message = {"id": job_id, "program": job.program, "kind": job.kind, "style": job.style,
-                   "inputs": job.inputs, "fn_name": job.fn_name, "timeout": job.timeout,
-                   "deadline": job.wall_deadline(), "nonce": nonce, "memory_mb": config.memory_mb,
+                   "inputs": job.inputs, "fn_name": job.fn_name, "timeout": limits.test, "deadline": limits.program,
+                   "cpu_seconds": limits.cpu, "test_wall": limits.test_wall, "nonce": nonce,
+                   "memory_mb": config.memory_mb,
                    "output_limit": config.output_limit, "max_processes": config.max_processes}
         self.job = (job_id, job, nonce)
         self.stdin.write(json.dumps(message).encode() + b"\n")

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from codevalue.errors import CodevalueError, DataError
-from codevalue.labels import APPS_GLOBAL_TIMEOUT, LabelConfig, judge, label_rollouts, make_job
+from codevalue.labels import LabelConfig, judge, label_rollouts, make_job
+from codevalue.limits import APPS_PROGRAM_SECONDS
 from codevalue.problems import BUNDLED, Problem, load_problems
 from codevalue.problems import TestCase as Case
 from codevalue.sandbox import ExecutionResult, SandboxConfig
@@ -182,7 +183,7 @@ def test_make_job_limits():
         "check", "humaneval", 3.0, 4.0, [])
     apps = make_job(STDIN, "x", LabelConfig(mode="apps"))
     assert (apps.style, apps.timeout, apps.deadline, apps.inputs) == (
-        "apps", 4.0, APPS_GLOBAL_TIMEOUT, ["a", "b", "c"])
+        "apps", 4.0, APPS_PROGRAM_SECONDS, ["a", "b", "c"])
     lcb = make_job(CALL, "x", LabelConfig(mode="lcb", timeout=2.0))
     assert (lcb.style, lcb.fn_name, lcb.timeout, lcb.deadline, lcb.inputs) == (
         "script", "f", 2.0, 6.0, [[1], [2]])
