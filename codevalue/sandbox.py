@@ -194,7 +194,10 @@ class _Worker:
     def __init__(self, slot: int, config: SandboxConfig, uid: int):
         env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "OPENBLAS_NUM_THREADS": "1",
                "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONDONTWRITEBYTECODE": "1",
-               "PYTHONPATH": str(Path(__file__).resolve().parent.parent), "TMPDIR": "/tmp"}
+               "PYTHONPATH": str(Path(__file__).resolve().parent.parent), "TMPDIR": "/tmp",
+               # One string-hash seed everywhere: a program whose answer depends on set/dict order (e.g. the
+               # max of a set of words) gets the same verdict on every worker, node and run.
+               "PYTHONHASHSEED": "0"}
         self.log = tempfile.TemporaryFile()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "codevalue._worker", str(slot), str(uid),

@@ -1222,3 +1222,14 @@ def test_nested_event_does_not_break_a_caller_deep_in_its_stack(box):
     finally:
         sys.setrecursionlimit(limit)
     assert (got.verdict, result.infra_error) == ("pass", ""), (got, result)
+
+
+def test_set_order_is_the_same_in_every_sandbox():
+    """Labels must not depend on which worker (or node) ran a program: string hashing is seeded alike."""
+    program = "print(list({'alpha', 'beta', 'gamma', 'delta', 'epsilon', 'zeta', 'eta', 'theta', 'iota'}))"
+    seen = set()
+    for _ in range(2):
+        with Sandbox(SandboxConfig(workers=1)) as box:
+            result = box.run(Job(program, "stdin", "script", inputs=[""]))
+            seen.add(result.tests[0].stdout)
+    assert len(seen) == 1 and None not in seen
