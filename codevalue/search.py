@@ -32,7 +32,6 @@ token fraction. Left-truncated scores (programs longer than the model's input) a
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -520,63 +519,47 @@ def generate_with_pruning(model, tokenizer, value_model, prompt: str, n: int, ev
     return PrunedGeneration(prompt, candidates, generated, prefill, rounds)
 
 
-# ----------------------------------------------------------------------------------------------------- CLI
+def generate_pruned_rollouts(problems: list, generator, out: str | os.PathLike, value_model: str | os.PathLike,
+                             config, policy: PrunePolicy, refill: bool = False, chat: bool = True) -> dict[str, Any]:
+    """`config.samples` rollouts per problem from a local HF `generator` (codevalue.generate.HFGenerator),
+    pruned every `policy.every` tokens by the value model in directory `value_model`. Every candidate (pruned
+    ones too, with `status` and `pruned_at`) is one rollout line, so `label` and `evaluate` read the output as
+    usual. A problem's rollouts are written together: rerunning skips the problems already in `out`."""
+    from .generate import build_prompt, problem_seed
+    from .jsonl import JsonlAppender, read_completed_lines
+    from .model import ValueModel
+    from .rollouts import CODEX_STOP
 
-
-def cmd_rerank(args: argparse.Namespace) -> int:
-    result = rerank(args.rollouts, model=args.model, problems=args.problems, out=args.out,
-                    batch_size=args.batch_size)
-    s = result.summary
-    print(f"picked the best of {s['rollouts']} rollouts for {s['problems']} problems -> {args.out}")
-    if "reranked_pass@1" in s:
-        print(f"pass@1 %: picks {s['picked_pass@1']:.1f}, reranked (tie-aware expectation) "
-              f"{s['reranked_pass@1']:.1f}, random {s['random_pass@1']:.1f}, oracle {s['oracle_pass@1']:.1f}")
-    return 0
-
-
-def cmd_prune_replay(args: argparse.Namespace) -> int:
-    result = prune_replay(args.scores, every=args.every, thresholds=args.thresholds, top_ks=args.top_k,
-                          combine=not args.no_combine, refill=args.refill, permutations=args.permutations,
-                          seed=args.seed)
-    result["source"] = str(args.scores)
-    out = write_replay(result, args.out)
-    print(format_table(result))
-    print(f"\nwrote {out / 'prune_replay.json'}, {out / 'prune_replay.md'}, {out / 'prune_replay.png'}")
-    return 0
-
-
-def add_parsers(subparsers) -> None:
-    p = subparsers.add_parser("rerank", help="pick the best rollout of each problem with a value model")
-    p.add_argument("rollouts", help="rollouts JSONL (label/targets/score output works too)")
-    p.add_argument("-o", "--out", required=True, help="JSONL of the picks, one per problem")
-    p.add_argument("--model", help="codevalue model directory (default: use the records' `value` field)")
-    p.add_argument("--problems", help="problems, when the rollouts carry no `prompt` field")
-    p.add_argument("--batch-size", type=int, default=16, help="rollouts per forward pass")
-    p.set_defaults(func=cmd_rerank)
-
-    p = subparsers.add_parser(
-        "prune-replay", help="replay PRM-guided early pruning on per-token scores",
-        description="What PRM-guided early pruning would have saved and cost, replayed exactly on labelled rollouts "
-                    "scored per token (the value model is causal: the value after token t is what the policy would "
-                    "have seen). Each pruning policy is compared with generating fewer rollouts at the same token "
-                    "budget. Details: the docstring of codevalue/search.py.")
-    p.add_argument("scores", help="`codevalue crossval` scores.jsonl or `codevalue score --per-token` output "
-                                  "of labelled rollouts")
-    p.add_argument("-o", "--out", required=True, help="directory for prune_replay.json/.md/.png")
-    p.add_argument("--every", type=int, nargs="+", default=[32], help="checkpoint every T tokens (several: a "
-                                                                      "curve for each)")
-    p.add_argument("--thresholds", type=float, nargs="*", default=[0.05, 0.1, 0.2, 0.3],
-                   help="drop rollouts whose value is below this")
-    p.add_argument("--top-k", type=int, nargs="*", default=[5, 10, 25, 50],
-                   help="keep only the k best rollouts still generating")
-    p.add_argument("--no-combine", action="store_true", help="no threshold + top-k pairs")
-    p.add_argument("--refill", type=int, metavar="W",
-                   help="also replay W rollouts at a time with pruned ones replaced (spend the saved budget)")
-    p.add_argument("--permutations", type=int, default=10, help="random generation orders for --refill")
-    p.add_argument("--seed", type=int, default=0, help="seed of the --refill orders")
-    p.set_defaults(func=cmd_prune_replay)
+    vm = ValueModel.from_pretrained(value_model)
+    done = {str(r["problem_id"]) for r in read_completed_lines(out)}
+    templated = bool(chat and getattr(generator.tokenizer, "chat_template", None))
+    total = 0
+    with JsonlAppender(out) as sink:
+        for problem in problems:
+            if problem.problem_id in done:
+                continue
+            prompt = build_prompt(problem, generator.tokenizer, chat)
+            stop = config.stop if config.stop is not None else (CODEX_STOP if problem.kind == "check" else ())
+            result = generate_with_pruning(
+                generator.model, generator.tokenizer, vm, prompt, n=config.samples, every=policy.every,
+                threshold=policy.threshold, top_k=policy.top_k, max_new_tokens=config.max_new_tokens,
+                refill=refill, stop=stop, temperature=config.temperature, top_p=config.top_p,
+                seed=problem_seed(config.seed, problem.problem_id), add_special_tokens=not templated,
+                eos_token_id=sorted(generator.eos_ids))
+            for c in result.candidates:
+                sink.write({"problem_id": problem.problem_id, "rollout_id": f"{problem.problem_id}/p{c.index}",
+                            "prompt": prompt, "completion": c.text, "status": c.status, "pruned_at": c.pruned_at,
+                            "tokens_generated": c.tokens, "value": c.value,
+                            "generator": {"name": generator.name, "backend": "hf",
+                                          "pruned_with": str(value_model)},
+                            "sampling": {"temperature": config.temperature, "top_p": config.top_p,
+                                         "every": policy.every, "threshold": policy.threshold,
+                                         "top_k": policy.top_k, "refill": refill}})
+            sink.flush()
+            total += len(result.candidates)
+    return {"rollouts_written": total, "out": str(out)}
 
 
 __all__ = ["rerank", "RerankResult", "prune", "PrunePolicy", "replay_stop", "replay_refill", "prune_replay",
            "format_table", "write_replay", "generate_with_pruning", "PrunedGeneration", "Candidate",
-           "add_parsers", "cmd_rerank", "cmd_prune_replay"]
+           "generate_pruned_rollouts"]

@@ -48,13 +48,11 @@ proxy, or uvicorn's own --ssl options). Without a key, keep the default loopback
 # No `from __future__ import annotations`: FastAPI reads the endpoints' annotations (`Request`, imported
 # inside create_app so that importing this module needs no FastAPI) at definition time.
 
-import argparse
 import asyncio
 import contextlib
 import hmac
 import json
 import os
-import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -490,38 +488,6 @@ class BackgroundServer:
         self.stop()
 
 
-# ----------------------------------------------------------------------------------------------------- CLI
-
-
-def cmd_serve(args: argparse.Namespace) -> int:
-    import torch
-
-    try:
-        import fastapi  # noqa: F401
-        import uvicorn
-    except ImportError as e:
-        hint = "pip install fastapi uvicorn"
-        raise CodevalueError(f"`codevalue serve` needs FastAPI and uvicorn ({e}): {hint}") from None
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    dtype = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[args.dtype]
-    api_key = resolve_api_key(args.api_key)
-    vm = ValueModel.from_pretrained(args.model, device=args.device, dtype=dtype)
-    app = create_app(vm, max_items=args.max_items, max_tokens=args.max_tokens, max_batch=args.max_batch,
-                     max_wait_ms=args.max_wait_ms, max_body_bytes=args.max_body_mb * 2**20,
-                     model_name=args.name or str(args.model), forward_batch=args.forward_batch,
-                     max_padding=args.max_padding, api_key=api_key)
-    print(f"codevalue: serving {args.model} on {vm.device} at http://{args.host}:{args.port} "
-          "(POST /v1/score, POST /get_reward, GET /health)"
-          + ("; requests need 'Authorization: Bearer KEY'" if api_key else ""), flush=True)
-    if not api_key and args.host not in ("127.0.0.1", "localhost", "::1"):
-        print(f"codevalue: warning: {args.host} is reachable from other machines and there is no API key "
-              f"(--api-key or {API_KEY_ENV})", file=sys.stderr, flush=True)
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
-    return 0
-
-
 def resolve_api_key(flag: str | None) -> str | None:
     """`--api-key` if given, else the environment variable (an empty variable counts as unset)."""
     if flag is not None and not flag:
@@ -529,37 +495,5 @@ def resolve_api_key(flag: str | None) -> str | None:
     return flag or os.environ.get(API_KEY_ENV) or None
 
 
-def add_parser(subparsers) -> argparse.ArgumentParser:
-    p = subparsers.add_parser("serve", help="serve a value model over HTTP (reward server, OpenRLHF protocol)",
-                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("model", help="codevalue model directory")
-    p.add_argument("--host", default="127.0.0.1",
-                   help="address to bind (default 127.0.0.1; set an API key before binding another address)")
-    p.add_argument("--api-key", default=None,
-                   help=f"require 'Authorization: Bearer KEY' on every endpoint but /health (default: the "
-                        f"environment variable {API_KEY_ENV}, which other users cannot see in `ps`)")
-    p.add_argument("--port", type=int, default=8000, help="TCP port to listen on")
-    p.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
-    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
-                   help="weights dtype (auto: the checkpoint's)")
-    p.add_argument("--max-items", type=int, default=DEFAULT_MAX_ITEMS, help="items per request (else 413)")
-    p.add_argument("--max-tokens", type=int, default=DEFAULT_MAX_TOKENS, help="tokens per item (else 422)")
-    p.add_argument("--max-body-mb", type=int, default=DEFAULT_MAX_BODY_BYTES // 2**20,
-                   help="request body size in MiB (else 413)")
-    p.add_argument("--max-batch", type=int, default=DEFAULT_MAX_BATCH, help="items per shared forward pass")
-    p.add_argument("--forward-batch", type=int, default=None,
-                   help="items per forward pass within a batch, sorted by length (default: --max-batch)")
-    p.add_argument("--max-padding", type=float, default=0.25,
-                   help="padding a forward pass may add, as a fraction of its real tokens (default 0.25)")
-    p.add_argument("--max-wait-ms", type=float, default=DEFAULT_MAX_WAIT_MS,
-                   help="how long a batch waits for more items after its first (default 2 ms)")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
-    p.add_argument("--name", help="model name reported by /health and /v1/score (default: MODEL)")
-    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"],
-                   help="uvicorn log level")
-    p.set_defaults(func=cmd_serve)
-    return p
-
-
-__all__ = ["create_app", "forward_passes", "MicroBatcher", "BackgroundServer", "split_query", "add_parser", "cmd_serve",
+__all__ = ["create_app", "forward_passes", "MicroBatcher", "BackgroundServer", "split_query",
            "RequestError", "resolve_api_key", "API_KEY_ENV"]

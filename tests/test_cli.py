@@ -281,3 +281,95 @@ def test_bad_numbers_are_refused_before_anything_runs(capsys, argv, message):
         main(argv)
     assert e.value.code == 2
     assert capsys.readouterr().err.splitlines()[-1] == f"codevalue {argv[0]}: error: {message}"
+
+
+def _imports(module: Path) -> list[tuple[str, str]]:
+    """(imported module, name) for every relative import in `module`, at any depth of the code."""
+    import ast
+
+    found = []
+    for node in ast.walk(ast.parse(module.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.level == 1:
+            found += [(node.module or "", alias.name) for alias in node.names]
+    return found
+
+
+PACKAGE = Path(codevalue.__file__).parent
+
+
+def test_cli_is_the_only_command_line_module_and_no_private_names_cross_modules():
+    for module in sorted(PACKAGE.glob("*.py")):
+        if module.name in ("cli.py", "__main__.py"):
+            continue
+        assert "argparse" not in module.read_text(), module.name
+        for source, name in _imports(module):
+            assert not name.startswith("_") or name == "__version__", f"{module.name} imports {source}.{name}"
+
+
+@pytest.mark.parametrize("importer,imported", [("checks", "targets"), ("score", "targets"), ("generate", "targets"),
+                                               ("generate", "search")])
+def test_import_arrows_that_went_away(importer, imported):
+    assert imported not in {source.split(".")[0] for source, _ in _imports(PACKAGE / f"{importer}.py")}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# codevalue run: the whole pipeline on the user's own files
+
+
+def run_inputs(tmp_path: Path) -> tuple[Path, Path]:
+    """Two rollouts per problem (the canonical solution, a wrong one) of four HumanEval problems, and a few
+    generated tests for them."""
+    pids = ["HumanEval/0", "HumanEval/2", "HumanEval/4", "HumanEval/7"]
+    rollouts = write_lines(tmp_path / "mine.jsonl", [
+        {"problem_id": pid, "rollout_id": f"{pid}/{k}", "completion": body}
+        for pid in pids for k, body in enumerate([canonical(pid), "    return None\n"])])
+    tests = write_lines(tmp_path / "tests.jsonl", [
+        {"task_id": "HumanEval/2", "text": "truncate_number(3.5) == 0.5"},
+        {"task_id": "HumanEval/0", "text": "has_close_elements([1.0, 2.0], 0.5) == False"}])
+    return rollouts, tests
+
+
+TRAIN_TINY = ["--tiny", "1m", "--epochs", "1", "--batch-size", "4", "--max-length", "96", "--workers", "2", "--quiet"]
+
+
+def test_run_on_own_files_then_reuses_finished_stages(tmp_path, capsys):
+    rollouts, tests = run_inputs(tmp_path)
+    out = tmp_path / "run"
+    argv = ["run", "--problems", "humaneval", "--rollouts", str(rollouts), "--tests", str(tests), "-o", str(out),
+            *TRAIN_TINY]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    for line in ["[1/5] label: run the rollouts against the hidden tests", "pass rate 50.0%", "[2/5] checks",
+                 "[3/5] targets", "[4/5] crossval: 2 folds by problem, tiny-1m",
+                 "[5/5] evaluate", f"{rollouts} on humaneval; the value model is cross-validated by problem",
+                 "value model (1m) (reranked)", "CodeT (ours) (reranked)", "oracle (any rollout passes)"]:
+        assert line in printed, line
+    report = out / "report" / "report.md"
+    assert report.exists() and (out / "crossval" / "scores.jsonl").exists()
+    before = report.stat().st_mtime_ns, (out / "targets.jsonl").stat().st_mtime_ns
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "(0 distinct programs run, 8 resumed)" in printed  # label reused
+    assert "0 programs run (8 rollouts already checked)" in printed  # checks reused
+    assert "fold 1/2: reusing" in printed and "fold 2/2: reusing" in printed  # crossval reused
+    assert (out / "targets.jsonl").stat().st_mtime_ns == before[1]  # targets: same input, not rebuilt
+    assert report.stat().st_mtime_ns > before[0]
+
+
+def test_run_without_tests_skips_checks(tmp_path, capsys):
+    rollouts, _ = run_inputs(tmp_path)
+    argv = ["run", "--problems", "humaneval", "--rollouts", str(rollouts), "-o", str(tmp_path / "run"), *TRAIN_TINY]
+    assert main([*argv, "--read-checks"]) == 2
+    assert capsys.readouterr().err == ("codevalue: error: --read-checks needs generated tests (--tests): the model "
+                                       "reads their results\n")
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "[1/4] label" in printed and "[4/4] evaluate" in printed and "checks" not in printed
+    assert not (tmp_path / "run" / "checked.jsonl").exists()
+
+
+def test_readme_command_table_matches_the_commands():
+    """Every subcommand is in the README's pipeline table, and the table names no command that does not exist."""
+    readme = (PACKAGE.parent / "README.md").read_text()
+    table = readme[readme.index("## Pipeline"):readme.index("Every command has")]
+    assert set(re.findall(r"`codevalue ([a-z-]+)", table)) == set(subcommands())

@@ -1,6 +1,5 @@
 """Rollout generation: branching trees on a tiny random Phi-3 (HF backend) and a local fake completions server."""
 
-import argparse
 import json
 import random
 import shutil
@@ -12,13 +11,13 @@ import pytest
 import torch
 from transformers import Phi3Config, Phi3ForCausalLM
 
+from codevalue.cli import build_parser
 from codevalue.errors import CodevalueError
 from codevalue.generate import (
     EndpointGenerator,
     GenerateConfig,
     HFGenerator,
     Sample,
-    add_parser,
     align_pieces,
     build_prompt,
     completions_url,
@@ -371,8 +370,7 @@ def test_endpoint_without_logprobs_is_an_error(server):
 def test_cli_generate(model, tok, tmp_path, capsys):
     model.save_pretrained(tmp_path / "lm")
     tok.save_pretrained(tmp_path / "lm")
-    parser = argparse.ArgumentParser()
-    add_parser(parser.add_subparsers(dest="command"))
+    parser = build_parser()
     out = tmp_path / "r.jsonl"
     args = parser.parse_args(["generate", "--problems", "humaneval", "--limit", "1", "-o", str(out), "--model",
                               str(tmp_path / "lm"), "--branches", "2", "--per-branch", "1", "--max-new-tokens", "6",

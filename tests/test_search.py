@@ -1,6 +1,5 @@
 """Reranking, the pruning policy, its replay on hand-made rollouts with known answers, and pruned generation."""
 
-import argparse
 import json
 import zlib
 
@@ -9,6 +8,7 @@ import pytest
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList, Phi3Config, Phi3ForCausalLM
 
+from codevalue.cli import build_parser
 from codevalue.errors import DataError
 from codevalue.evaluate import best_of_n
 from codevalue.jsonl import read_jsonl
@@ -16,7 +16,6 @@ from codevalue.model import InputSpec, Score, ValueModel, build_tiny_model, load
 from codevalue.search import (
     PrunePolicy,
     _load_problems,
-    add_parsers,
     generate_with_pruning,
     prune,
     prune_replay,
@@ -32,9 +31,7 @@ def write_lines(path, records):
 
 
 def run_cli(argv):
-    parser = argparse.ArgumentParser()
-    add_parsers(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     return args.func(args)
 
 

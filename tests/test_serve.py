@@ -1,6 +1,5 @@
 """The reward server, driven by a real HTTP client against a server started on a free loopback port."""
 
-import argparse
 import json
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -9,8 +8,9 @@ import httpx
 import pytest
 import torch
 
+from codevalue.cli import build_parser, cmd_serve
 from codevalue.model import InputSpec, ValueModel, build_tiny_model, load_tokenizer
-from codevalue.serve import BackgroundServer, add_parser, cmd_serve, create_app, forward_passes, split_query
+from codevalue.serve import BackgroundServer, create_app, forward_passes, split_query
 
 PAIRS = [
     ("def add(a, b):\n", "    return a + b\n"),
@@ -266,9 +266,7 @@ def test_model_error_is_500_and_the_worker_carries_on(vm):
 
 
 def test_serve_parser(model_dir):
-    parser = argparse.ArgumentParser()
-    add_parser(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["serve", str(model_dir), "--port", "0", "--max-items", "4", "--max-wait-ms", "1"])
+    args = build_parser().parse_args(["serve", str(model_dir), "--port", "0", "--max-items", "4", "--max-wait-ms", "1"])
     assert args.func is cmd_serve
     assert (args.host, args.port, args.max_items, args.max_tokens, args.max_wait_ms) == ("127.0.0.1", 0, 4, 4096, 1.0)
 
@@ -344,9 +342,7 @@ def test_api_key_from_flag_or_environment(model_dir, monkeypatch):
 
     apps = []
     monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: apps.append((app, kwargs)))
-    parser = argparse.ArgumentParser()
-    add_parser(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["serve", str(model_dir), "--device", "cpu", "--port", "0"])
+    args = build_parser().parse_args(["serve", str(model_dir), "--device", "cpu", "--port", "0"])
     assert cmd_serve(args) == 0
     [(app, kwargs)] = apps
     assert kwargs["host"] == "127.0.0.1"  # loopback stays the default
