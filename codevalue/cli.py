@@ -550,7 +550,7 @@ def _add_generate_parser(subparsers) -> None:
                                        "for a chat template)")
     p.add_argument("--no-chat-template", action="store_true", help="APPS prompts in the plain QUESTION/ANSWER "
                                                                    "format even if the tokenizer has a chat template")
-    p.add_argument("--mode", choices=["tree", "plain"], default="tree",
+    p.add_argument("--sampling", "--mode", dest="mode", choices=["tree", "plain"], default="tree",
                    help="tree: main rollout + branches (paper); plain: independent samples (default tree)")
     p.add_argument("--branches", type=int, default=6, help="K: branch points per main rollout (default 6)")
     p.add_argument("--per-branch", type=int, default=6, help="M: continuations per branch point (default 6)")
@@ -569,7 +569,8 @@ def _add_generate_parser(subparsers) -> None:
                    help="--model: weights dtype (auto = bfloat16 on GPU, float32 on CPU)")
     p.add_argument("--api-key", help="--endpoint: bearer token (default: $OPENAI_API_KEY)")
     p.add_argument("--retries", type=int, default=5, help="--endpoint: retries on 429/5xx/connection errors")
-    p.add_argument("--timeout", type=float, default=600.0, help="--endpoint: seconds per request")
+    p.add_argument("--request-timeout", "--timeout", dest="timeout", type=_seconds, default=600.0,
+                   help="--endpoint: seconds per HTTP request")
     p.add_argument("--concurrency", type=int, default=8, help="--endpoint: requests in flight")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     g = p.add_argument_group("PRM-guided early pruning (HF backend; --samples rollouts per problem)")

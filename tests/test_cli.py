@@ -373,3 +373,14 @@ def test_readme_command_table_matches_the_commands():
     readme = (PACKAGE.parent / "README.md").read_text()
     table = readme[readme.index("## Pipeline"):readme.index("Every command has")]
     assert set(re.findall(r"`codevalue ([a-z-]+)", table)) == set(subcommands())
+
+
+def test_generate_names_its_sampling_and_http_options_apart_from_label():
+    """label's --mode is the verdict mode and --timeout seconds per test; generate says --sampling and
+    --request-timeout (the old names still parse)."""
+    parser = build_parser()
+    for argv in (["--sampling", "plain", "--request-timeout", "30"], ["--mode", "plain", "--timeout", "30"]):
+        args = parser.parse_args(["generate", "--problems", "humaneval", "-o", "r.jsonl", "--model", "m", *argv])
+        assert (args.mode, args.timeout) == ("plain", 30.0)
+    text = subcommands()["generate"].format_help()
+    assert "--sampling {tree,plain}" in text and "--request-timeout" in text
