@@ -92,12 +92,31 @@ def parse_event(line: bytes | bytearray, max_bytes: int) -> dict | None:
 
     Why: whatever a program writes on the channel must cost us no more memory than about the line itself
     and never recurse (a nested line would raise RecursionError in a caller deep in its own stack). The
-    shape is checked with C-speed byte scans, without copying the line, before json.loads sees it."""
+    shape of a line over SMALL_EVENT is checked with C-speed byte scans, without copying the line, before
+    json.loads sees it; only flat events ever leave the worker."""
     if len(line) > max_bytes:
         return None
+    if len(line) > SMALL_EVENT and not _flat_shape(line):
+        return None
+    try:
+        event = json.loads(line)  # a small line is parsed as is: a nesting as deep as 4 KiB allows raises here
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(event, dict) or not EVENT_KEYS.issuperset(event):
+        return None
+    if any(isinstance(v, (dict, list)) for v in event.values()):
+        return None
+    return event
+
+
+SMALL_EVENT = 4096  # bytes: below this, json.loads costs no more than our byte scans and memory is no issue
+
+
+def _flat_shape(line: bytes | bytearray) -> bool:
+    """Whether a line can be a flat JSON object of at most len(EVENT_KEYS) members, by byte scans."""
     bare = line.replace(b"\\\\", b"").replace(b'\\"', b"") if b"\\" in line else line  # quotes left delimit strings
     if bare.count(b'"') > 4 * len(EVENT_KEYS):
-        return None
+        return False
     braces = brackets = commas = 0
     start = 0
     while start >= 0:  # the spans outside strings: between a closing and the next opening quote
@@ -108,17 +127,7 @@ def parse_event(line: bytes | bytearray, max_bytes: int) -> dict | None:
         commas += bare.count(b",", start, stop)
         start = -1 if end < 0 else bare.find(b'"', end + 1)
         start = -1 if start < 0 else start + 1
-    if braces != 1 or brackets or commas > len(EVENT_KEYS):
-        return None
-    try:
-        event = json.loads(line)
-    except (ValueError, RecursionError):
-        return None
-    if not isinstance(event, dict) or not EVENT_KEYS.issuperset(event):
-        return None
-    if any(isinstance(v, (dict, list)) for v in event.values()):
-        return None
-    return event
+    return braces == 1 and not brackets and commas <= len(EVENT_KEYS)
 
 
 def _describe(e: BaseException) -> str:
