@@ -299,9 +299,11 @@ def cmd_targets(args: argparse.Namespace) -> int:
 
 
 def _add_train_options(p: argparse.ArgumentParser, epochs: float = 2, tiny_default: str = "4m") -> None:
+    from .model import TINY_SIZES  # (already imported by the serve parser)
+
     g = p.add_mutually_exclusive_group()
     g.add_argument("--base", help="HF causal LM name or path as backbone (e.g. microsoft/Phi-4-mini-instruct)")
-    g.add_argument("--tiny", choices=["1m", "4m", "16m"], default=None,
+    g.add_argument("--tiny", choices=list(TINY_SIZES), default=None,
                    help=f"offline tiny Phi-3 backbone (default {tiny_default})")
     p.set_defaults(tiny_default=tiny_default)
     g2 = p.add_mutually_exclusive_group()
@@ -710,6 +712,8 @@ def _add_serve_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .model import TINY_SIZES  # --tiny choices (torch is imported by the serve parser anyway)
+
     parser = argparse.ArgumentParser(prog="codevalue", description=__doc__, formatter_class=_HelpFormatter)
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -773,7 +777,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_checks)
 
     p = sub.add_parser("pretrain", help="language-model warm start of a tiny backbone on local Python code")
-    p.add_argument("--tiny", choices=["1m", "4m", "16m"], default="1m", help="backbone size")
+    p.add_argument("--tiny", choices=list(TINY_SIZES), default="1m", help="backbone size")
     p.add_argument("-o", "--out", required=True, help="checkpoint directory (then: --base OUT)")
     p.add_argument("--corpus", default="stdlib",
                    help="stdlib (default), site-packages, or a directory of .py files; never the benchmark data")

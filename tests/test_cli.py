@@ -384,3 +384,20 @@ def test_generate_names_its_sampling_and_http_options_apart_from_label():
         assert (args.mode, args.timeout) == ("plain", 30.0)
     text = subcommands()["generate"].format_help()
     assert "--sampling {tree,plain}" in text and "--request-timeout" in text
+
+
+def test_demo_is_run_on_the_bundled_data(tmp_path, monkeypatch):
+    """`make demo` = `run` on the bundled samples, their generated tests, the Codex stops and the demo recipe."""
+    import codevalue.cli as cli
+    from codevalue.checks import BUNDLED_TESTS
+    from codevalue.rollouts import CODEX_STOP
+
+    calls = []
+    monkeypatch.setattr(cli, "run_pipeline", lambda *a, **k: calls.append((a, k)) or 0)
+    monkeypatch.setattr("codevalue.rollouts.bundled_codegen_rollouts", lambda out: Path(out).write_text(""))
+    assert main(["demo", "--out", str(tmp_path / "demo"), "--workers", "1"]) == 0
+    [((args, problems, rollouts, tests, config), kwargs)] = calls
+    assert (problems, rollouts, tests) == ("humaneval", tmp_path / "demo" / "rollouts.jsonl", BUNDLED_TESTS)
+    assert config.stop == CODEX_STOP and config.sandbox.workers == 1
+    assert kwargs["published"] == cli.CODET_PUBLISHED
+    assert (args.read_checks, args.tiny_default, args.group_size, args.folds) == (True, "1m", 8, 2)
