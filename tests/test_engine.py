@@ -176,6 +176,7 @@ def _problems_file(path: Path, n: int) -> Path:
     return path
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT])
 def test_an_interrupted_label_keeps_every_finished_program(tmp_path, sig):
     n = 24
