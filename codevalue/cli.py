@@ -303,60 +303,59 @@ def cmd_targets(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_train_options(p: argparse.ArgumentParser, epochs: float = 2, tiny_default: str = "4m") -> None:
-    from .model import TINY_SIZES  # (already imported by the serve parser)
+def _add_train_options(p: argparse.ArgumentParser, tiny_default: str | None = None) -> None:
+    """The training options, generated from ValueTrainingArguments' fields and train.TRAIN_OPTIONS (importing
+    train.py costs seconds: build_parser does it only for the commands that train)."""
+    from .model import TINY_SIZES
+    from .train import DEFAULT_TINY, MODE_OPTIONS, TRAIN_OPTIONS, ValueTrainingArguments
 
     g = p.add_mutually_exclusive_group()
     g.add_argument("--base", help="HF causal LM name or path as backbone (e.g. microsoft/Phi-4-mini-instruct)")
+    tiny_default = tiny_default or DEFAULT_TINY
     g.add_argument("--tiny", choices=list(TINY_SIZES), default=None,
-                   help=f"offline tiny Phi-3 backbone (default {tiny_default})")
+                   help=f"offline tiny Phi-3 backbone (default: {tiny_default})")
     p.set_defaults(tiny_default=tiny_default)
+    fields = {f.name: f for f in dataclasses.fields(ValueTrainingArguments)}
     g2 = p.add_mutually_exclusive_group()
-    g2.add_argument("--train-last-layers", type=_count(-1), default=12,
-                    help="train head + last K blocks (paper: 12; -1: every parameter, as --full)")
-    g2.add_argument("--lora-r", type=_count(0), default=0, help="train LoRA adapters of this rank + the head")
+    for name, option in MODE_OPTIONS.items():
+        _add_field_option(g2, fields[name], option)
     g2.add_argument("--full", action="store_true", help="train every parameter")
-    p.add_argument("--epochs", type=_positive, default=epochs, help="passes over the training rollouts")
-    p.add_argument("--lr", type=_positive, default=3e-4, help="peak learning rate (AdamW, cosine schedule)")
-    p.add_argument("--batch-size", type=_count(1), default=16,
-                   help="examples (or groups, with --group-size) per step")
-    p.add_argument("--grad-accum", type=_count(1), default=1, help="gradient accumulation steps")
-    p.add_argument("--max-length", type=_count(8), default=1024, help="tokens per example (prompt cut from the left)")
-    p.add_argument("--aux-weight", type=float, default=0.0, help="weight of the auxiliary verdict-class head")
-    p.add_argument("--group-size", type=_count(0), default=0,
-                   help="batch rollouts of one problem together, G per group (the batch size counts groups)")
-    p.add_argument("--rank-weight", type=float, default=0.0,
-                   help="weight of the within-problem ranking loss on final values (needs --group-size)")
-    p.add_argument("--rank-loss", choices=["listwise", "pairwise"], default="listwise",
-                   help="listwise (softmax over the group) or pairwise (logistic loss on pass/fail pairs)")
-    p.add_argument("--center-targets", action="store_true",
-                   help="targets relative to the problem's pass rate: 0.5 + (target - p) / 2")
-    p.add_argument("--read-checks", action=argparse.BooleanOptionalAction, default=False,
-                   help="execution-aware: the model also reads each program's generated-test results "
-                        "(targets built from `codevalue checks` output)")
-    p.add_argument("--eval-fraction", type=_fraction, default=0.1, help="share of training problems held out")
-    p.add_argument("--seed", type=int, default=0, help="seed of the problem split, sampling and initialisation")
-    p.add_argument("--bf16", action="store_true", help="train in bfloat16 mixed precision")
-    p.add_argument("--gradient-checkpointing", action="store_true", help="recompute activations (less memory)")
+    for name, option in TRAIN_OPTIONS.items():
+        _add_field_option(p, fields[name], option)
+
+
+def _add_field_option(p, f: dataclasses.Field, option: dict[str, Any]) -> None:
+    """One training option: the field's default and help unless `option` gives the command line's own."""
+    default = option.get("default", f.default)
+    flag = option.get("flag", "--" + f.name.replace("_", "-"))
+    kwargs: dict[str, Any] = {"dest": f.name, "default": default, "help": option.get("help", f.metadata.get("help"))}
+    check = option.get("check")
+    if isinstance(default, bool) or default is None:  # a switch (transformers leaves some unset: None)
+        kwargs["default"] = bool(default)
+        kwargs["action"] = argparse.BooleanOptionalAction if option.get("negatable") else "store_true"
+    elif "choices" in option:
+        kwargs["choices"] = option["choices"]
+    else:
+        kwargs["metavar"] = flag[2:].upper().replace("-", "_")
+        kwargs["type"] = {"positive": _positive, "fraction": _fraction}.get(check) or (
+            _count(check) if isinstance(check, int) else type(default))
+    p.add_argument(flag, **kwargs)
 
 
 def _training_args(args: argparse.Namespace, output_dir: Path, save_checkpoints: bool = False):
-    from .train import ValueTrainingArguments
+    from .train import TRAIN_OPTIONS, ValueTrainingArguments
 
     if not args.base and not args.tiny:
         args.tiny = args.tiny_default
-    return ValueTrainingArguments(
-        output_dir=str(output_dir), num_train_epochs=args.epochs,
-        per_device_train_batch_size=args.batch_size, per_device_eval_batch_size=args.batch_size,
-        gradient_accumulation_steps=args.grad_accum, learning_rate=args.lr, weight_decay=0.01,
-        warmup_steps=0.05, lr_scheduler_type="cosine", logging_steps=10, seed=args.seed,
-        save_strategy="epoch" if save_checkpoints else "no", eval_strategy="epoch",
-        bf16=args.bf16, activation_checkpointing=args.gradient_checkpointing,
-        train_last_layers=-1 if args.full else args.train_last_layers, lora_r=args.lora_r,
-        max_length=args.max_length, aux_weight=args.aux_weight, eval_fraction=args.eval_fraction,
-        group_size=args.group_size, rank_weight=args.rank_weight, rank_loss=args.rank_loss,
-        center_targets=args.center_targets, read_checks=args.read_checks,
-        disable_tqdm=args.quiet)
+    try:
+        return ValueTrainingArguments(
+            output_dir=str(output_dir), **{name: getattr(args, name) for name in TRAIN_OPTIONS},
+            per_device_eval_batch_size=args.per_device_train_batch_size,
+            train_last_layers=-1 if args.full else args.train_last_layers, lora_r=args.lora_r,
+            weight_decay=0.01, warmup_steps=0.05, lr_scheduler_type="cosine", logging_steps=10,
+            save_strategy="epoch" if save_checkpoints else "no", eval_strategy="epoch", disable_tqdm=args.quiet)
+    except ValueError as e:  # transformers' checks of the arguments (e.g. --bf16 on a machine without support)
+        raise CodevalueError(f"training options: {e}") from None
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -716,8 +715,13 @@ def _add_serve_parser(subparsers) -> argparse.ArgumentParser:
     return p
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The whole command line. command: the subcommand about to be parsed; the training options (generated from
+    train.py's fields, whose import costs seconds) are built for it alone ("": for none). None: for every one."""
     from .model import TINY_SIZES  # --tiny choices (torch is imported by the serve parser anyway)
+
+    def trains(name: str) -> bool:
+        return command is None or command == name
 
     parser = argparse.ArgumentParser(prog="codevalue", description=__doc__, formatter_class=_HelpFormatter)
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -747,7 +751,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a value model on `codevalue targets` output")
     p.add_argument("targets", help="`codevalue targets` output")
     p.add_argument("-o", "--out", required=True, help="model directory to write (a standard HF checkpoint)")
-    _add_train_options(p)
+    if trains("train"):
+        _add_train_options(p)
     p.add_argument("--save-checkpoints", action="store_true", help="keep a checkpoint per epoch (for --resume)")
     p.add_argument("--resume", action="store_true", help="resume from the last checkpoint in OUT/checkpoints")
     p.add_argument("--quiet", action="store_true")
@@ -761,7 +766,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--score-batch-size", type=_count(1), default=32, help="rollouts per forward pass when scoring")
     p.add_argument("--name", default="value model", help="critic name in the report")
     p.add_argument("--quiet", action="store_true")
-    _add_train_options(p)
+    if trains("crossval"):
+        _add_train_options(p)
     p.set_defaults(func=cmd_crossval)
 
     p = sub.add_parser("evaluate", help="best-of-N, calibration and process-reward report from score files")
@@ -850,7 +856,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--score-batch-size", type=_count(1), default=32, help="rollouts per forward pass when scoring")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     _add_sandbox_options(p)
-    _add_train_options(p)
+    if trains("run"):
+        _add_train_options(p)
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("demo", help="`run` on the bundled HumanEval samples and generated tests (see README)")
@@ -862,10 +869,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--score-batch-size", type=_count(1), default=32, help="rollouts per forward pass when scoring")
     p.add_argument("--quiet", action="store_true")
     _add_sandbox_options(p)
-    _add_train_options(p, epochs=3, tiny_default="1m")
+    if trains("demo"):
+        _add_train_options(p, tiny_default="1m")
     # The best cross-validated recipe so far (benchmarks/RESULTS.md): group-wise batches + listwise loss,
     # reading the generated-test results after the program.
-    p.set_defaults(train_last_layers=-1, max_length=1024, lr=1e-3, group_size=8, batch_size=2, rank_weight=3.0,
+    p.set_defaults(num_train_epochs=3, train_last_layers=-1, max_length=1024, learning_rate=1e-3, group_size=8,
+                   per_device_train_batch_size=2, rank_weight=3.0,
                    read_checks=True)
     p.set_defaults(func=cmd_demo)
     for p in sub.choices.values():  # subcommands added elsewhere too
@@ -875,7 +884,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     try:
-        args = build_parser().parse_args(argv)
+        argv = sys.argv[1:] if argv is None else list(argv)
+        command = next((a for a in argv if not a.startswith("-")), "")  # subcommands come before their options
+        args = build_parser(command).parse_args(argv)
         with _quiet_libraries(args):
             code = args.func(args)
         sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's exit

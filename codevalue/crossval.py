@@ -20,7 +20,7 @@ from typing import Any
 from .errors import CodevalueError
 from .jsonl import read_jsonl, write_jsonl
 from .model import ValueModel, input_suffix
-from .train import ValueTrainingArguments, load_examples, train_value_model
+from .train import MODE_OPTIONS, TRAIN_OPTIONS, ValueTrainingArguments, load_examples, train_value_model
 
 KEPT_FIELDS = ("problem_id", "rollout_id", "passed", "verdict", "sample_index", "difficulty", "mean_logprob")
 
@@ -67,10 +67,8 @@ def score_records(vm: ValueModel, records: list[dict], batch_size: int = 32) -> 
     return out
 
 
-RECIPE_FIELDS = ("num_train_epochs", "learning_rate", "per_device_train_batch_size", "gradient_accumulation_steps",
-                 "train_last_layers", "lora_r", "lora_alpha", "max_length", "aux_weight", "eval_fraction",
-                 "append_eos", "group_size", "rank_weight", "rank_loss", "center_targets", "read_checks",
-                 "seed")
+RECIPE_FIELDS = (*(name for name, option in TRAIN_OPTIONS.items() if option.get("recipe")), *MODE_OPTIONS,
+                 "lora_alpha", "append_eos")
 
 
 def training_recipe(args: ValueTrainingArguments, base: str | None, tiny: str | None,

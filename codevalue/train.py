@@ -89,6 +89,32 @@ class ValueTrainingArguments(TrainingArguments):
         super().__post_init__()
 
 
+DEFAULT_TINY = "4m"  # the backbone when neither a --base nor a --tiny size is given
+
+# The options of `codevalue train` (and crossval, run, demo), generated from these fields: default and help are the
+# field's unless given here for the command line, with its flag and its check (an int: the minimum). `crossval`
+# reuses a fold's model only while the fields marked "recipe" (and the training mode) are unchanged.
+TRAIN_OPTIONS: dict[str, dict[str, Any]] = {
+    "num_train_epochs": {"flag": "--epochs", "default": 2.0, "check": "positive", "recipe": True},
+    "learning_rate": {"flag": "--lr", "check": "positive", "recipe": True},
+    "per_device_train_batch_size": {"flag": "--batch-size", "default": 16, "check": 1, "recipe": True,
+                                    "help": "examples (or groups, with --group-size) per step"},
+    "gradient_accumulation_steps": {"flag": "--grad-accum", "check": 1, "recipe": True},
+    "max_length": {"check": 8, "recipe": True},
+    "aux_weight": {"recipe": True},
+    "group_size": {"check": 0, "recipe": True},
+    "rank_weight": {"recipe": True},
+    "rank_loss": {"choices": ("listwise", "pairwise"), "recipe": True},
+    "center_targets": {"recipe": True},
+    "read_checks": {"negatable": True, "recipe": True},
+    "eval_fraction": {"check": "fraction", "recipe": True},
+    "seed": {"default": 0, "recipe": True},
+    "bf16": {},
+    "activation_checkpointing": {"flag": "--gradient-checkpointing", "help": "recompute activations (less memory)"},
+}
+MODE_OPTIONS = {"train_last_layers": {"check": -1}, "lora_r": {"check": 0}}  # one of these, or --full
+
+
 _WORLD_SIZE_VARS = ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")  # torchrun, MPIs
 
 
@@ -265,7 +291,7 @@ def prepare_model(args: ValueTrainingArguments, base: str | None, tiny: str | No
         if model.config.pad_token_id is None:
             model.config.pad_token_id = tokenizer.pad_token_id
     else:
-        model = build_tiny_model(tiny or "4m", tokenizer, num_labels=num_labels, seed=args.seed)
+        model = build_tiny_model(tiny or DEFAULT_TINY, tokenizer, num_labels=num_labels, seed=args.seed)
     if args.lora_r > 0:
         from peft import LoraConfig, TaskType, get_peft_model
 
@@ -329,7 +355,7 @@ def train_value_model(examples: str | os.PathLike | list[dict], output_dir: str 
         model = model.merge_and_unload()  # save a plain HF model: no peft needed to load it
     n_params = sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())  # ds_numel: ZeRO-3's full size
     meta = {
-        "backbone": base or f"tiny-{tiny or '4m'}",
+        "backbone": base or f"tiny-{tiny or DEFAULT_TINY}",
         "trainable": f"lora r={args.lora_r}" if args.lora_r > 0 else (
             "all" if args.train_last_layers < 0 else f"head + last {args.train_last_layers} blocks"),
         "parameters": n_params,

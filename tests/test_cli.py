@@ -422,3 +422,51 @@ def test_label_and_sandbox_options_come_from_the_config_fields(command):
     source = (PACKAGE / "cli.py").read_text()
     for flag in ("--mode", "--timeout", "--program-timeout", "--workers", "--memory-mb", "--output-limit"):
         assert f'"{flag}"' not in source.split("def _add_generate_parser")[0], flag  # generate's are its own
+
+
+@pytest.mark.parametrize("command", ["train", "crossval", "run", "demo"])
+def test_training_options_come_from_the_training_arguments(command):
+    """Each training option's default and help are ValueTrainingArguments' field's, or train.TRAIN_OPTIONS' for the
+    command line (each written once); demo's recipe is its own set_defaults."""
+    import dataclasses
+
+    from codevalue.train import MODE_OPTIONS, TRAIN_OPTIONS, ValueTrainingArguments
+
+    fields = {f.name: f for f in dataclasses.fields(ValueTrainingArguments)}
+    actions = {a.dest: a for a in subcommands()[command]._actions}
+    demo = {"num_train_epochs": 3, "train_last_layers": -1, "learning_rate": 1e-3, "group_size": 8,
+            "per_device_train_batch_size": 2, "rank_weight": 3.0, "read_checks": True}
+    for name, option in {**TRAIN_OPTIONS, **MODE_OPTIONS}.items():
+        default = option.get("default", fields[name].default) or (False if fields[name].default is None else 0)
+        if command == "demo" and name in demo:
+            default = demo[name]
+        assert actions[name].default == default, name
+        assert actions[name].help == option.get("help", fields[name].metadata.get("help")), name
+
+
+def test_crossval_recipe_is_derived_from_the_training_options():
+    from codevalue.crossval import RECIPE_FIELDS
+
+    assert set(RECIPE_FIELDS) == {  # what a finished fold's model was keyed on before: reused as it was
+        "num_train_epochs", "learning_rate", "per_device_train_batch_size", "gradient_accumulation_steps",
+        "train_last_layers", "lora_r", "lora_alpha", "max_length", "aux_weight", "eval_fraction", "append_eos",
+        "group_size", "rank_weight", "rank_loss", "center_targets", "read_checks", "seed"}
+
+
+def test_training_arguments_transformers_refuses_are_one_line_errors(tmp_path, capsys, monkeypatch):
+    from codevalue.train import ValueTrainingArguments
+
+    def refuse(self):  # what transformers says for --bf16 on a machine without bf16 (a traceback before)
+        raise ValueError("Your setup doesn't support bf16/gpu.")
+
+    monkeypatch.setattr(ValueTrainingArguments, "__post_init__", refuse)
+    targets = write_lines(tmp_path / "t.jsonl", [])
+    assert main(["train", str(targets), "-o", str(tmp_path / "m"), "--bf16"]) == 2
+    assert capsys.readouterr().err == "codevalue: error: training options: Your setup doesn't support bf16/gpu.\n"
+
+
+def test_commands_that_do_not_train_do_not_import_the_trainer():
+    code = ("import sys; from codevalue.cli import main; main(['problems', 'humaneval']); "
+            "print('codevalue.train' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.stdout.splitlines()[-1] == "False"
