@@ -209,6 +209,7 @@ class _MemoryCgroup:
         self.swap_fd = os.open(swap, os.O_WRONLY) if os.path.exists(swap) else None
         self.events_fd = os.open(f"{self.path}/{'memory.events' if v2 else 'memory.oom_control'}", os.O_RDONLY)
         self.join_fd = os.open(f"{self.path}/cgroup.procs", os.O_WRONLY)
+        self.parent_fd = os.open(os.path.dirname(self.path), os.O_RDONLY | os.O_DIRECTORY)  # for remove()
         self.limit = 0
         self.oom_kills()  # readable, or raise now
 
@@ -256,8 +257,9 @@ class _MemoryCgroup:
         return next((int(line.split()[1]) for line in text.splitlines() if line.startswith("oom_kill ")), 0)
 
     def remove(self) -> None:
+        """Called on the way out, when the cgroup's path is no longer in our view: by descriptor."""
         try:
-            os.rmdir(self.path)
+            os.rmdir(os.path.basename(self.path), dir_fd=self.parent_fd)
         except OSError:
             pass
 

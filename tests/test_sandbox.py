@@ -1122,6 +1122,19 @@ def test_memory_limit_covers_all_processes_of_a_program():
         assert_still_works(small)
 
 
+def test_memory_cgroup_is_removed_on_close():
+    """The worker's cgroup is outside its view of the filesystem by then: it is removed by descriptor."""
+    box = Sandbox(SandboxConfig(workers=1, uid_base=UID_BASE))
+    try:
+        cgroup = box.isolation.get("cgroup")
+        if not cgroup:
+            pytest.skip("no memory cgroup here")
+        assert_still_works(box)
+    finally:
+        box.close()
+    assert not os.path.exists(cgroup)
+
+
 FORGE_FROM_FRAMES = """
 import posix, re, sys
 def square(x):
