@@ -104,6 +104,8 @@ def bench_ray(tmp: Path, repeats: int) -> None:
             runs[kind].append((meta["run_seconds"], meta["executor_start_seconds"], meta["executed_programs"]))
             outputs.setdefault(kind, out.read_bytes())
             same = out.read_bytes() == outputs["local"] if "local" in outputs else None
+            if same is False:
+                print_differences(tmp / "local-0.jsonl", out)
             print(f"run {r + 1} {kind:>5}: {meta['executed_programs']} programs in {meta['run_seconds']} s "
                   f"(+ {meta['executor_start_seconds']} s start-up), nodes {meta['executor']['nodes']}"
                   f"{'' if same is None else ', identical records' if same else ', RECORDS DIFFER'}", flush=True)
@@ -152,6 +154,17 @@ def bench_node_loss(tmp: Path) -> None:
     keys = [json.loads(line)["key"] for line in log.read_text().splitlines()]
     print(f"programs: {meta['executed_programs']}, results logged {len(keys)}, distinct {len(set(keys))}; "
           f"records identical to the local executor's: {out.read_bytes() == local_out.read_bytes()}")
+    print_differences(local_out, out)
+
+
+def print_differences(a: Path, b: Path) -> None:
+    """Which records differ, and how (a verdict near a time limit can flip on a loaded machine)."""
+    differ = [(x, y) for x, y in zip(map(json.loads, a.open()), map(json.loads, b.open()), strict=True) if x != y]
+    for x, y in differ[:20]:
+        why = lambda r: (r["first_failure"] or {}).get("reason", "")[:70]  # noqa: E731
+        print(f"  {x['rollout_id']}: {x['verdict']} ({why(x)}) vs {y['verdict']} ({why(y)})")
+    if differ:
+        print(f"  {len(differ)} records differ")
 
 
 def main() -> None:
