@@ -508,9 +508,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from .rollouts import parse_stop
 
     stop = None if args.stop is None else (() if args.stop == ["none"] else parse_stop(args.stop))
-    config = GenerateConfig(mode=args.mode, branches=args.branches, per_branch=args.per_branch, samples=args.samples,
-                            temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_new_tokens,
-                            seed=args.seed, stop=stop, group_size=args.group_size)
+    config = GenerateConfig(mode=args.mode, stop=stop, **{name: getattr(args, name) for name in GENERATE_OPTIONS})
     chat = not args.no_chat_template
     if args.endpoint:
         if not args.model_name:
@@ -541,7 +539,13 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+GENERATE_OPTIONS = {"branches": _count(1), "per_branch": _count(1), "samples": _count(1), "temperature": float,
+                    "top_p": float, "max_new_tokens": _count(1), "seed": int, "group_size": _count(1)}
+
+
 def _add_generate_parser(subparsers) -> None:
+    from .generate import GenerateConfig
+
     p = subparsers.add_parser("generate", help="sample rollouts (the paper's branching trees) for a problem set")
     p.add_argument("--problems", required=True, help="problems file, bundled name (humaneval, apps-intro-train, "
                                                      "...) or hub dataset id")
@@ -556,19 +560,11 @@ def _add_generate_parser(subparsers) -> None:
                                        "for a chat template)")
     p.add_argument("--no-chat-template", action="store_true", help="APPS prompts in the plain QUESTION/ANSWER "
                                                                    "format even if the tokenizer has a chat template")
-    p.add_argument("--sampling", "--mode", dest="mode", choices=["tree", "plain"], default="tree",
-                   help="tree: main rollout + branches (paper); plain: independent samples (default tree)")
-    p.add_argument("--branches", type=int, default=6, help="K: branch points per main rollout (default 6)")
-    p.add_argument("--per-branch", type=int, default=6, help="M: continuations per branch point (default 6)")
-    p.add_argument("--samples", type=int, help="plain mode: samples per problem (default 1 + K*M)")
-    p.add_argument("--temperature", type=float, default=0.8, help="sampling temperature; 0 = greedy (default 0.8)")
-    p.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling threshold (default 0.95)")
-    p.add_argument("--max-new-tokens", type=int, default=1024,
-                   help="tokens per rollout, a branch's shared prefix included (default 1024)")
-    p.add_argument("--seed", type=int, default=0, help="seed; same seed and settings give the same file")
-    p.add_argument("--stop", action="append", help="stop sequence (repeatable; 'codex' = the Codex list, 'none' = "
-                                                   "no stop; default: codex for HumanEval/MBPP, none for APPS)")
-    p.add_argument("--group-size", type=int, default=8, help="problems per generator call (default 8)")
+    fields = {f.name: f for f in dataclasses.fields(GenerateConfig)}
+    p.add_argument("--sampling", "--mode", dest="mode", default=fields["mode"].default,
+                   choices=fields["mode"].metadata["choices"], help=fields["mode"].metadata["help"])
+    _add_field_options(p, GenerateConfig, GENERATE_OPTIONS)
+    p.add_argument("--stop", action="append", help=fields["stop"].metadata["help"])
     p.add_argument("--batch-size", type=int, default=64, help="--model: sequences per generate() call")
     p.add_argument("--device", help="--model: torch device (default cuda if available, else cpu)")
     p.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default="auto",

@@ -31,7 +31,7 @@ import urllib.request
 from collections import defaultdict
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
 from .errors import CodevalueError
@@ -383,16 +383,22 @@ def select_branch_points(sample: Sample, k: int, exclude: Sequence[int] = ()) ->
 
 @dataclass
 class GenerateConfig:
-    mode: str = "tree"  # "tree": the paper's branching; "plain": `samples` independent rollouts
-    branches: int = 6  # K
-    per_branch: int = 6  # M
-    samples: int | None = None  # plain mode; default 1 + K*M, the same budget as a tree
-    temperature: float = 0.8
-    top_p: float = 0.95
-    max_new_tokens: int = 1024  # per rollout, branches included: a branch at token j gets the rest
-    seed: int = 0
-    stop: tuple[str, ...] | None = None  # None: the Codex list for HumanEval/MBPP, nothing for APPS
-    group_size: int = 8  # problems per generator call (batching); part of what a seed reproduces
+    mode: str = field(default="tree", metadata={"choices": ("tree", "plain"), "help": (
+        "tree: main rollout + branches (the paper); plain: `samples` independent rollouts")})
+    branches: int = field(default=6, metadata={"help": "K: branch points per main rollout"})
+    per_branch: int = field(default=6, metadata={"help": "M: continuations per branch point"})
+    samples: int | None = field(default=None, metadata={
+        "help": "plain mode: samples per problem (default 1 + K*M, the budget of a tree)"})
+    temperature: float = field(default=0.8, metadata={"help": "sampling temperature; 0 = greedy"})
+    top_p: float = field(default=0.95, metadata={"help": "nucleus sampling threshold"})
+    max_new_tokens: int = field(default=1024, metadata={  # a branch at token j gets the rest
+        "help": "tokens per rollout, a branch's shared prefix included"})
+    seed: int = field(default=0, metadata={"help": "seed; same seed and settings give the same file"})
+    stop: tuple[str, ...] | None = field(default=None, metadata={"help": (
+        "stop sequence (repeatable; 'codex' = the Codex list, 'none' = no stop; default: codex for "
+        "HumanEval/MBPP, none for APPS)")})
+    group_size: int = field(default=8, metadata={  # part of what a seed reproduces
+        "help": "problems per generator call"})
 
     def __post_init__(self) -> None:
         if self.mode not in ("tree", "plain"):

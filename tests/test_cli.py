@@ -470,3 +470,14 @@ def test_commands_that_do_not_train_do_not_import_the_trainer():
             "print('codevalue.train' in sys.modules)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.stdout.splitlines()[-1] == "False"
+
+
+def test_generate_options_come_from_generate_config():
+    import dataclasses
+
+    from codevalue.generate import GenerateConfig
+
+    actions = {a.dest: a for a in subcommands()["generate"]._actions}
+    for f in dataclasses.fields(GenerateConfig):
+        if f.name != "stop":  # --stop: a list of presets or sequences, parsed into the field
+            assert (actions[f.name].default, actions[f.name].help) == (f.default, f.metadata["help"]), f.name
