@@ -179,7 +179,7 @@ def _problems_file(path: Path, n: int) -> Path:
 @pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT])
 def test_an_interrupted_label_keeps_every_finished_program(tmp_path, sig):
-    n = 24
+    n = 48  # about 7 s of programs on 2 workers: room to interrupt mid-run even on a loaded machine
     problems = _problems_file(tmp_path / "problems.jsonl", n)
     rollouts = tmp_path / "r.jsonl"
     rollouts.write_text("".join(json.dumps({"problem_id": f"S/{i}", "rollout_id": f"r{i}",
