@@ -187,7 +187,10 @@ def test_an_interrupted_label_keeps_every_finished_program(tmp_path, sig):
     out, log = tmp_path / "o.jsonl", tmp_path / "o.jsonl.programs.jsonl"
     command = [sys.executable, "-m", "codevalue", "label", "--problems", str(problems), "--rollouts",
                str(rollouts), "--out", str(out), "--workers", "2", "--quiet"]
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    # A shell's background job inherits SIGINT ignored, and Python then never raises KeyboardInterrupt: give
+    # the child the default disposition, as an interactive user's Ctrl-C would find it.
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and proc.poll() is None:
         if log.exists() and len(log.read_bytes().splitlines()) >= 4:
