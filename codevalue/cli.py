@@ -7,7 +7,7 @@ import contextlib
 import dataclasses
 import os
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -46,37 +46,24 @@ def _count(minimum: int):
     return parse
 
 
-def _seconds(text: str) -> float:
-    """argparse type: a positive number of seconds."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
-    return value
+def _number(ok: Callable[[float], bool], rule: str, kind: str = "a number") -> Callable[[str], float]:
+    """argparse type: a float for which ok(value) holds, with a one-line error otherwise."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {kind}, got {text!r}") from None
+        if not ok(value):
+            raise argparse.ArgumentTypeError(f"{rule}, got {text}")
+        return value
+
+    return parse
 
 
-def _positive(text: str) -> float:
-    """argparse type: a positive number."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
-    return value
-
-
-def _fraction(text: str) -> float:
-    """argparse type: a share in [0, 1)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not 0 <= value < 1:
-        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text}")
-    return value
+_seconds = _number(lambda v: v > 0, "must be positive", "seconds")
+_positive = _number(lambda v: v > 0, "must be positive")
+_fraction = _number(lambda v: 0 <= v < 1, "must be in [0, 1)")
 
 
 def _add_label_options(p: argparse.ArgumentParser) -> None:

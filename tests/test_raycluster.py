@@ -42,17 +42,24 @@ def _rows(path):
     return [r for _, r in read_jsonl(path)]
 
 
+def _bundled_sample(tmp_path, per_problem: int, problems: int):
+    """The first `per_problem` CodeGen-16B samples of the first `problems` HumanEval problems, as a file."""
+    every = tmp_path / "all.jsonl"
+    bundled_codegen_rollouts(every)
+    sample = [r for r in _rows(every)
+              if r["sample_index"] < per_problem and int(r["problem_id"].split("/")[1]) < problems]
+    path = tmp_path / "sample.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in sample))
+    return path
+
+
 def test_cluster_is_on_loopback(cluster):
     assert cluster.address.startswith("127.0.0.1:")
     assert {n["NodeManagerAddress"] for n in ray.nodes() if n["Alive"]} == {"127.0.0.1"}
 
 
 def test_ray_executor_gives_the_local_executors_labels(cluster, tmp_path):
-    every = tmp_path / "all.jsonl"
-    bundled_codegen_rollouts(every)
-    sample = [r for r in _rows(every) if r["sample_index"] < 2 and int(r["problem_id"].split("/")[1]) < 40]
-    rollouts = tmp_path / "r.jsonl"
-    rollouts.write_text("".join(json.dumps(r) + "\n" for r in sample))
+    rollouts = _bundled_sample(tmp_path, per_problem=2, problems=40)
     config = LabelConfig(stop=CODEX_STOP, sandbox=SandboxConfig(workers=1))
     local = label_rollouts("humaneval", rollouts, tmp_path / "local.jsonl", config, progress=False)
     remote = label_rollouts("humaneval", rollouts, tmp_path / "ray.jsonl", config, progress=False,
@@ -128,11 +135,7 @@ def test_bad_ray_address_is_one_clear_error(address):
 def test_checks_on_the_cluster_match_local_checks(cluster, tmp_path):
     from codevalue.checks import run_checks
 
-    every = tmp_path / "all.jsonl"
-    bundled_codegen_rollouts(every)
-    sample = [r for r in _rows(every) if r["sample_index"] < 3 and int(r["problem_id"].split("/")[1]) < 8]
-    labeled = tmp_path / "labeled.jsonl"
-    labeled.write_text("".join(json.dumps(r) + "\n" for r in sample))
+    labeled = _bundled_sample(tmp_path, per_problem=3, problems=8)
     local = run_checks(labeled, "humaneval", tmp_path / "local.jsonl", sandbox=SandboxConfig(workers=1),
                        progress=False)
     remote = run_checks(labeled, "humaneval", tmp_path / "ray.jsonl", sandbox=SandboxConfig(workers=1),
