@@ -29,7 +29,7 @@ import sys
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Protocol
@@ -348,12 +348,12 @@ def run_stage(stage: Stage, inputs: str | os.PathLike, out: str | os.PathLike, s
                 counts = grouped[plan.problem_id]
                 counts[plan.key] = counts.get(plan.key, 0) + 1
             for counts in grouped.values():
-                per_key.update(group_fields({k: (_fields_of(log, stage, k, None), n) for k, n in counts.items()}))
+                per_key.update(group_fields({k: (_fields_of(log, k, None), n) for k, n in counts.items()}))
 
         def rows() -> Iterator[dict]:
             for line, rec in read_jsonl(inputs):
                 plan = stage.plan(inputs, line, rec)
-                fields = _fields_of(log, stage, plan.key, plan.fields)
+                fields = _fields_of(log, plan.key, plan.fields)
                 row = stage.row(rec, plan, fields)
                 row.update(per_key.get(plan.key, {}))
                 yield row
@@ -378,20 +378,14 @@ def run_stage(stage: Stage, inputs: str | os.PathLike, out: str | os.PathLike, s
         "complete": True,
         "out": str(out),
         "executor": {"kind": executor.kind, "nodes": dict(nodes), **getattr(executor, "report", {})},
-        "sandbox": {**_asdict(sandbox), "isolation": isolation, "description": describe_isolation(isolation)},
+        "sandbox": {**asdict(sandbox), "isolation": isolation, "description": describe_isolation(isolation)},
         **(meta_extra or {}),
     }
     meta_path.write_text(json.dumps(summary, indent=2) + "\n")
     return json.loads(meta_path.read_text())  # exactly what the sidecar says (tuples become lists)
 
 
-def _asdict(config: SandboxConfig) -> dict:
-    from dataclasses import asdict
-
-    return asdict(config)
-
-
-def _fields_of(log: ProgramLog, stage: Stage, key: str, known: dict | None) -> dict:
+def _fields_of(log: ProgramLog, key: str, known: dict | None) -> dict:
     if known is not None:
         return known
     if key not in log.offsets:  # cannot happen unless the log was edited during the run
