@@ -138,6 +138,23 @@ def _describe(e: BaseException) -> str:
     return text[:MAX_ERROR_CHARS]
 
 
+def _program_line(e: BaseException, source: str) -> str:
+    """` at line N: <text>` for the innermost frame of the program's own module that `e` passed through, so a
+    bare `AssertionError` from check() names the assert that failed ("" when there is none)."""
+    try:
+        tb, number = e.__traceback__, None
+        while tb is not None:
+            if tb.tb_frame.f_code.co_filename == "<program>":
+                number = tb.tb_lineno
+            tb = tb.tb_next
+        lines = source.splitlines()
+        if number is None or not 1 <= number <= len(lines):
+            return ""
+        return f" at line {number}: {lines[number - 1].strip()}"
+    except Exception:  # nothing about a failure report may fail the harness
+        return ""
+
+
 def _status_of(e: BaseException) -> str:
     if isinstance(e, (TimeLimit, AppsTimeout)):
         return "timeout"
@@ -278,6 +295,8 @@ def run_humaneval(job: dict, report: _Reporter) -> None:
     except BaseException as e:  # SystemExit and KeyboardInterrupt included: never a pass
         _disarm()
         status, error = _status_of(e), _describe(e)
+        if status == "error":
+            error = (error.rstrip() + _program_line(e, job["program"]))[:MAX_ERROR_CHARS]
     sink.seek(0)
     sink.truncate()
     report(t="test", i=0, status=status, error=error)
