@@ -11,9 +11,10 @@ all of its problem's tests, each under its own time limit; after three time-outs
 time-outs too, so a program that loops costs about a second.
 
 Output: the input records plus
-  - checks: {"passed": "1101...", "outputs": ["3f2a9c1e", "E", "T", "-", ...]}: per generated test,
-    whether its assert held, and a fingerprint of what the program returned on the test's input
-    (E: raised, T: timed out, -: the assert is not of the form `assert CALL == VALUE`)
+  - checks: {"passed": "1101...", "outputs": ["3f2a9c1e", "E", "T", "-", ...], "inputs": [0, 1, 1, -1, ...]}:
+    per generated test, whether its assert held, a fingerprint of what the program returned on the test's
+    input (E: raised, T: timed out, -: the assert is not of the form `assert CALL == VALUE`), and which of
+    the problem's distinct calls it makes (-1: none; files written before this field lack it)
   - check_features: per-rollout numbers computed over all rollouts of the problem in the file
     (see `execution_features`); they depend on how many rollouts there are, as CodeT's scores do.
 
@@ -27,6 +28,7 @@ on a Ray cluster); the features are computed at the end over all rollouts of eac
 from __future__ import annotations
 
 import ast
+import hashlib
 import os
 import secrets
 from collections import Counter, defaultdict
@@ -108,11 +110,17 @@ __cv_main(__CV_TESTS, __CV_TEST_TIMEOUT, __CV_MAX_TIMEOUTS, __CV_MARKER)
 '''
 
 
-def parse_generated_tests(texts: list[str], entry_point: str, limit: int = 100) -> list[str]:
-    """Distinct one-line asserts naming `entry_point`, in order of first appearance (CodeT's recipe)."""
+def parse_generated_tests(texts: list[str], entry_point: str, limit: int = 100,
+                          per_sample: int | None = None) -> list[str]:
+    """Distinct one-line asserts naming `entry_point`, in order of first appearance (CodeT's recipe).
+    per_sample: keep only the first N asserts of each test-writing sample, as CodeT's and SRank's code do
+    (`--test_case_limit`, 5 there); None keeps them all, and `limit` caps the problem's total either way."""
     tests: dict[str, None] = {}
     for text in texts:
+        kept = 0
         for line in ("assert " + text).split("\n"):
+            if per_sample is not None and kept >= per_sample:
+                break
             line = line.strip()
             if not line.startswith("assert ") or entry_point not in line or "____" in line:
                 continue
@@ -122,6 +130,7 @@ def parse_generated_tests(texts: list[str], entry_point: str, limit: int = 100) 
                 continue
             if len(tree.body) == 1 and isinstance(tree.body[0], ast.Assert):
                 tests[line] = None
+                kept += 1
     return list(tests)[:limit]
 
 
@@ -135,6 +144,18 @@ def split_assert(test: str, entry_point: str) -> tuple[str, str | None, str | No
             left, right = right, left
         return test, ast.unparse(left), ast.unparse(right)
     return test, None, None
+
+
+def input_ids(tests: list[str], entry_point: str) -> list[int]:
+    """For each test, the index of its call among the problem's distinct calls (-1: not `assert CALL == VALUE`).
+    Several generated asserts often share an input with different expected values (22% of the bundled
+    HumanEval ones); SRank and MBR-exec compare programs per distinct input, not per assert."""
+    index: dict[str, int] = {}
+    ids = []
+    for test in tests:
+        call = split_assert(test, entry_point)[1]
+        ids.append(-1 if call is None else index.setdefault(call, len(index)))
+    return ids
 
 
 def checks_program(code: str, tests: list[str], entry_point: str, nonce: str) -> str:
@@ -171,8 +192,99 @@ def dual_agreement(pass_sets: list[str], weights: list[int] | None = None) -> li
     return [r / top if top else 0.0 for r in raw]
 
 
+FAILED = ("E", "T")  # raised / timed out: no value
+NONE_VALUE = hashlib.md5(b"None").hexdigest()[:8]  # the runner's fingerprint of a returned None
+
+
+def _call_columns(checks: list[dict[str, Any]]) -> list[int]:
+    """One test column per distinct call input (the first assert making it). Files written before checks
+    recorded `inputs` fall back to every column that some rollout answered with a value."""
+    ids = checks[0].get("inputs") if checks else None
+    if ids is not None:
+        first: dict[int, int] = {}
+        for column, i in enumerate(ids):
+            if i >= 0:
+                first.setdefault(i, column)
+        return sorted(first.values())
+    n = len(checks[0]["outputs"]) if checks else 0
+    return [j for j in range(n) if any(c["outputs"][j] not in ("-", *FAILED) for c in checks)]
+
+
+def _assert_columns(checks: list[dict[str, Any]]) -> list[int]:
+    """The tests of the form `assert CALL == VALUE` (SRank's pass rate counts only input-output tests)."""
+    ids = checks[0].get("inputs") if checks else None
+    if ids is not None:
+        return [j for j, i in enumerate(ids) if i >= 0]
+    n = len(checks[0]["outputs"]) if checks else 0
+    return [j for j in range(n) if all(c["outputs"][j] != "-" for c in checks)]
+
+
+def srank_scores(checks: list[dict[str, Any]], completions: list[str]) -> list[float]:
+    """SRank's score of each rollout of one problem, normalised to the problem's best (0 when none scores).
+
+    As in the authors' code: (1) a rollout is invalid (score 0) when it returns the same thing on every test
+    input (errors, time-outs and a returned None count as the same), or never returns at all; (2) valid
+    rollouts with identical results on every distinct test input (an error or time-out is one result,
+    "failed") form a cluster; (3) the interaction matrix I has 1 on its diagonal and, between clusters, the
+    share of test inputs on which both return the same value (a failure never matches); (4) the feature of
+    a cluster is V = (distinct completions in it / distinct valid completions) x (share of the generated
+    `assert CALL == VALUE` tests it passes); (5) the score is I @ V, shared by the cluster's rollouts.
+    completions: anything that tells the distinct programs apart (the completion texts, or one id per entry
+    when there is one entry per distinct program)."""
+    import numpy as np
+
+    if not checks:
+        return []
+    columns, asserts = _call_columns(checks), _assert_columns(checks)
+    results = [tuple("F" if c["outputs"][j] in FAILED else c["outputs"][j] for j in columns) for c in checks]
+    valid = [bool(columns) and any(r != "F" for r in res)
+             and not (len(res) > 1 and len({"N" if r in ("F", NONE_VALUE) else r for r in res}) == 1)
+             for res in results]
+    clusters: dict[tuple, int] = {}
+    for res, ok in zip(results, valid, strict=True):
+        if ok:
+            clusters.setdefault(res, len(clusters))
+    if not clusters:
+        return [0.0] * len(checks)
+    members: dict[int, set[str]] = defaultdict(set)
+    passed = np.zeros(len(clusters))
+    for c, res, ok, completion in zip(checks, results, valid, completions, strict=True):
+        if ok:
+            k = clusters[res]
+            members[k].add(completion)
+            passed[k] = sum(c["passed"][j] == "1" for j in asserts) / len(asserts) if asserts else 0.0
+    seen: set[str] = set()  # a completion counts once, in the first cluster it was met in (as theirs does)
+    size = np.zeros(len(clusters))
+    for k in range(len(clusters)):
+        size[k] = len(members[k] - seen)
+        seen |= members[k]
+    codes: dict[str, int] = {"F": -1}
+    table = np.array([[codes.setdefault(r, len(codes)) for r in res] for res in clusters])  # (clusters, inputs)
+    same = (table[:, None, :] == table[None, :, :]) & (table >= 0)[:, None, :]
+    interaction = same.mean(axis=2)
+    np.fill_diagonal(interaction, 1.0)
+    score = interaction @ ((size / size.sum()) * passed)
+    top = score.max()
+    return [float(score[clusters[res]] / top) if ok and top > 0 else 0.0
+            for res, ok in zip(results, valid, strict=True)]
+
+
+def mbr_exec_scores(checks: list[dict[str, Any]]) -> list[float]:
+    """MBR-exec with the hard loss (Shi et al., 2022): a rollout's score is the share of the problem's rollouts
+    whose results on every distinct test input equal its own, i.e. 1 - its expected loss. Errors and
+    time-outs are results too, but a rollout that fails on every input (no value at all) is never chosen
+    (score 0): all-failing programs agree trivially, and a program that never returns is no answer."""
+    columns = _call_columns(checks)
+    results = [tuple(c["outputs"][j] for j in columns) for c in checks]
+    count: dict[tuple, int] = defaultdict(int)
+    for res in results:
+        count[res] += 1
+    return [count[res] / len(results) if columns and any(r not in FAILED for r in res) else 0.0 for res in results]
+
+
+
 FEATURES = ("pass_frac", "error_frac", "timeout_frac", "codet", "codet_top", "agree_frac", "overlap", "srank",
-            "srank_top")
+            "srank_top", "srank_cluster", "srank_cluster_top")
 
 
 def execution_features(checks: list[dict[str, Any]], weights: list[int] | None = None) -> list[dict[str, float]]:
@@ -187,6 +299,9 @@ def execution_features(checks: list[dict[str, Any]], weights: list[int] | None =
     - srank: functional overlap weighted by what the others pass, after SRank (To et al., 2023):
       sum over rollouts j of similarity(i, j) x tests j passes, normalised to the problem's best;
       srank_top: 1 if it is the best
+    - srank_cluster: SRank as published (`srank_scores`: clusters, their overlap, size x tests passed; its
+      cluster size counts distinct programs, i.e. entries here: give one entry per distinct program);
+      srank_cluster_top: 1 if it is the best
     """
     import numpy as np
 
@@ -213,8 +328,9 @@ def execution_features(checks: list[dict[str, Any]], weights: list[int] | None =
     srank = similarity @ (weight * passes)
     srank = srank / srank.max() if len(srank) and srank.max() > 0 else np.zeros(len(distinct))
     index = {k: i for i, k in enumerate(distinct)}
+    clustered = srank_scores(checks, list(range(len(checks))))
     rows = []
-    for key, score in zip(keys, codet, strict=True):
+    for key, score, cluster in zip(keys, codet, clustered, strict=True):
         i = index[key]
         rows.append({
             "pass_frac": key[1].count("1") / n if n else 0.0,
@@ -226,9 +342,14 @@ def execution_features(checks: list[dict[str, Any]], weights: list[int] | None =
             "overlap": float(overlap[i]),
             "srank": float(srank[i]),
             "srank_top": float(srank[i] == 1.0),
+            "srank_cluster": cluster,
+            "srank_cluster_top": float(cluster == 1.0),
             "n_tests": n,
         })
     return rows
+
+
+CHECKS_TEXT_VERSION = 2  # what describe_checks writes; 2: + SRank's cluster score. Fold models are retrained on change
 
 
 def describe_checks(features: dict[str, float]) -> str:
@@ -240,11 +361,16 @@ def describe_checks(features: dict[str, float]) -> str:
     def tenths(x: float) -> int:
         return int(round(10 * x))
 
+    cluster = ""  # files written before SRank's cluster score was a feature lack it
+    if "srank_cluster" in features:
+        cluster = (f", clusters {tenths(features['srank_cluster'])}/10"
+                   f"{' best' if features['srank_cluster_top'] else ''}")
+
     return (f"\n# checks: passed {tenths(features['pass_frac'])}/10, errors {tenths(features['error_frac'])}/10, "
             f"timeouts {tenths(features['timeout_frac'])}/10; agreement {tenths(features['agree_frac'])}/10, "
             f"overlap {tenths(features['overlap'])}/10; codet {tenths(features['codet'])}/10"
             f"{' best' if features['codet_top'] else ''}, srank {tenths(features['srank'])}/10"
-            f"{' best' if features['srank_top'] else ''}\n")
+            f"{' best' if features['srank_top'] else ''}{cluster}\n")
 
 
 class CheckStage:
@@ -253,20 +379,25 @@ class CheckStage:
 
     name = "checks"
 
-    def __init__(self, problems: list[Problem], generated: dict[str, list[str]], limit: int):
+    def __init__(self, problems: list[Problem], generated: dict[str, list[str]], limit: int,
+                 per_sample: int | None = None):
         self.by_id = {p.problem_id: p for p in problems}
         self.generated = generated  # problem id -> generated asserts (all problems of the tests file)
         self.limit = limit
+        self.per_sample = per_sample
         self.parsed: dict[str, list[str]] = {}
 
     def settings(self) -> dict[str, Any]:
-        return {"test_timeout": TEST_TIMEOUT, "max_timeouts": MAX_TIMEOUTS, "max_tests": self.limit,
-                "tests": content_key(sorted(self.generated.items()))[:16]}
+        settings = {"test_timeout": TEST_TIMEOUT, "max_timeouts": MAX_TIMEOUTS, "max_tests": self.limit,
+                    "tests": content_key(sorted(self.generated.items()))[:16]}
+        if self.per_sample is not None:  # absent by default, so files written before the option still resume
+            settings["tests_per_sample"] = self.per_sample
+        return settings
 
     def tests_of(self, problem: Problem) -> list[str]:
         if problem.problem_id not in self.parsed:
             self.parsed[problem.problem_id] = parse_generated_tests(
-                self.generated.get(problem.problem_id, []), problem.entry_point, self.limit)
+                self.generated.get(problem.problem_id, []), problem.entry_point, self.limit, self.per_sample)
         return self.parsed[problem.problem_id]
 
     def plan(self, path: Path, line: int, record: dict[str, Any]) -> Plan:
@@ -297,8 +428,11 @@ class CheckStage:
 
     def judge(self, job: Job, result: ExecutionResult) -> dict[str, Any]:
         problem_id, nonce = job.tag
+        problem = self.by_id[problem_id]
+        tests = self.tests_of(problem)
         stdout = result.tests[0].stdout if result.tests else ""
-        return {"checks": parse_check_output(stdout or "", len(self.tests_of(self.by_id[problem_id])), nonce)}
+        checks = parse_check_output(stdout or "", len(tests), nonce)
+        return {"checks": {**checks, "inputs": input_ids(tests, problem.entry_point)}}
 
     def row(self, record: dict[str, Any], plan: Plan, fields: dict[str, Any]) -> dict[str, Any]:
         return {**record, **fields}
@@ -313,9 +447,10 @@ def _features_per_program(results: dict[str, tuple[dict, int]]) -> dict[str, dic
 
 def run_checks(labeled: str | os.PathLike, problems: str | os.PathLike | list[Problem], out: str | os.PathLike,
                tests: str | os.PathLike = BUNDLED_TESTS, limit: int = 100, sandbox: SandboxConfig | None = None,
-               progress: bool = True, ray: str | None = None) -> dict[str, Any]:
+               progress: bool = True, ray: str | None = None, per_sample: int | None = None) -> dict[str, Any]:
     """Run every rollout of `labeled` on its problem's generated tests; write records + checks + features
-    (resumable, on `codevalue.engine`; ray: run on a Ray cluster, `auto`, `local` or `HOST:PORT`)."""
+    (resumable, on `codevalue.engine`; ray: run on a Ray cluster, `auto`, `local` or `HOST:PORT`;
+    per_sample: the first N asserts of each test-writing sample only, CodeT's and SRank's selection)."""
     sandbox = (sandbox or SandboxConfig()).hiding_problems(problems)
     if not isinstance(problems, list):
         problems = load_problems(problems)
@@ -325,7 +460,7 @@ def run_checks(labeled: str | os.PathLike, problems: str | os.PathLike | list[Pr
             if name not in rec:
                 raise DataError(tests, "missing field", line=line, field=name)
         texts[str(rec["task_id"])].append(str(rec["text"]))
-    stage = CheckStage(problems, dict(texts), limit)
+    stage = CheckStage(problems, dict(texts), limit, per_sample)
     summary = run_stage(stage, labeled, out, sandbox, ray=ray, progress=progress,
                         group_fields=_features_per_program)
     counts = sorted(len(stage.tests_of(stage.by_id[pid])) for pid in stage.parsed)

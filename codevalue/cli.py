@@ -254,7 +254,7 @@ def run_pipeline(args: argparse.Namespace, problems: str, rollouts: Path, tests:
         summary = run_checks(labeled, problems, checked, tests=tests, sandbox=config.sandbox, progress=not args.quiet)
         print(f"{summary['programs_run']} programs run ({summary['resumed']} rollouts already checked), median "
               f"{summary['tests_per_problem']} generated tests per problem, {summary['wall_seconds']} s")
-        for method, name in (("codet", "CodeT (ours)"), ("srank", "SRank-style overlap (ours)")):
+        for method, name in (("codet", "CodeT (ours)"), ("srank", "SRank (ours, as published)")):
             baselines[name] = out / f"{method}.jsonl"
             codet_scores(checked, baselines[name], method=method)
     print(f"[{next(step)}/{steps}] targets: per-prefix Monte-Carlo values")
@@ -369,7 +369,8 @@ def cmd_crossval(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     scores = crossval(args.targets, out, _training_args(args, out), folds=args.folds, base=args.base,
-                      tiny=args.tiny, per_problem=args.per_problem, batch_size=args.score_batch_size)
+                      tiny=args.tiny, per_problem=args.per_problem, batch_size=args.score_batch_size,
+                      train_fraction=args.train_fraction)
     results = evaluate_files([scores], out / "report", names=[args.name])
     _print_results(results)
     print(f"report: {out / 'report' / 'report.md'}")
@@ -421,7 +422,7 @@ def cmd_checks(args: argparse.Namespace) -> int:
 
     summary = run_checks(args.labeled, args.problems, args.out, tests=args.tests or BUNDLED_TESTS,
                          limit=args.max_tests, sandbox=_sandbox_config(args), progress=not args.quiet,
-                         ray=args.ray)
+                         ray=args.ray, per_sample=args.tests_per_sample)
     print(f"checked {summary['rollouts']} rollouts ({summary['programs_run']} programs run, median "
           f"{summary['tests_per_problem']} generated tests per problem, {summary['problems_without_tests']} "
           f"problems without any, {summary['wall_seconds']} s) -> {summary['out']}")
@@ -747,6 +748,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--folds", type=_count(2), default=2, help="cross-validation folds (models trained)")
     p.add_argument("--per-problem", type=_count(1), default=None, help="train on at most N rollouts per problem")
     p.add_argument("--score-batch-size", type=_count(1), default=32, help="rollouts per forward pass when scoring")
+    p.add_argument("--train-fraction", type=_number(lambda v: 0 < v <= 1, "must be in (0, 1]"), default=1.0,
+                   help="each fold's model trains on this share of the other folds' problems (learning curves)")
     p.add_argument("--name", default="value model", help="critic name in the report")
     p.add_argument("--quiet", action="store_true")
     if trains("crossval"):
@@ -764,6 +767,9 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--problems", required=True, help="the problems (HumanEval/MBPP layout)")
     p.add_argument("--tests", help="generated tests JSONL (task_id, text); default: the bundled CodeGen-16B ones")
     p.add_argument("--max-tests", type=_count(1), default=100, help="generated tests kept per problem")
+    p.add_argument("--tests-per-sample", type=_count(1), default=None, metavar="N",
+                   help="keep only the first N asserts of each test-writing sample (CodeT's and SRank's code: 5); "
+                        "default: all of them")
     p.add_argument("-o", "--out", required=True, help="checked JSONL to write (resumed if it exists)")
     p.add_argument("--quiet", action="store_true")
     _add_sandbox_options(p)
@@ -786,9 +792,12 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
     p = sub.add_parser("codet", help="non-learned rerankers (CodeT dual agreement, ...) over check results")
     p.add_argument("checked", help="`codevalue checks` output")
-    p.add_argument("--method", default="codet", choices=["codet", "srank", "agreement", "overlap", "passed"],
-                   help="codet: dual agreement; srank: functional overlap weighted by tests passed; agreement: "
-                        "share with identical outputs; overlap: mean output similarity; passed: tests passed")
+    p.add_argument("--method", default="codet",
+                   choices=["codet", "srank", "mbr-exec", "srank-style", "agreement", "overlap", "passed"],
+                   help="codet: dual agreement; srank: SRank as published (clusters, functional overlap, size x "
+                        "tests passed); mbr-exec: most rollouts with identical results (Shi et al.); srank-style: "
+                        "our earlier overlap weighted by tests passed; agreement: share with identical outputs; "
+                        "overlap: mean output similarity; passed: tests passed")
     p.add_argument("-o", "--out", required=True, help="scores JSONL for `codevalue evaluate`")
     p.set_defaults(func=cmd_codet)
 

@@ -17,6 +17,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from .checks import CHECKS_TEXT_VERSION
 from .errors import CodevalueError
 from .jsonl import read_jsonl, write_jsonl
 from .model import ValueModel, input_suffix
@@ -72,25 +73,45 @@ RECIPE_FIELDS = (*(name for name, option in TRAIN_OPTIONS.items() if option.get(
 
 
 def training_recipe(args: ValueTrainingArguments, base: str | None, tiny: str | None,
-                    per_problem: int | None) -> dict[str, Any]:
+                    per_problem: int | None, train_fraction: float = 1.0) -> dict[str, Any]:
     """What a fold model's training depended on besides its problems: a finished fold is reused only if
-    this is unchanged (e.g. a rerun with --read-checks must not reuse models that never read checks)."""
-    return {"base": base, "tiny": tiny, "per_problem": per_problem} | {k: getattr(args, k) for k in RECIPE_FIELDS}
+    this is unchanged (e.g. a rerun with --read-checks must not reuse models that never read checks, or
+    models that read an older rendering of them)."""
+    recipe = {"base": base, "tiny": tiny, "per_problem": per_problem} | {k: getattr(args, k) for k in RECIPE_FIELDS}
+    if train_fraction != 1.0:  # absent at the default, so folds trained before the option are still reused
+        recipe["train_fraction"] = train_fraction
+    if args.read_checks:
+        recipe["checks_text"] = CHECKS_TEXT_VERSION
+    return recipe
+
+
+def training_problems(problems: list[str], fraction: float, seed: int) -> set[str]:
+    """A seeded share of a fold's training problems (at least one), for learning curves: the held-out fold
+    stays the same size, only the model sees fewer problems."""
+    ids = sorted(problems)
+    random.Random(seed).shuffle(ids)
+    return set(ids[:max(1, round(fraction * len(ids)))])
 
 
 def crossval(targets: str | os.PathLike | list[dict], out_dir: str | os.PathLike, args: ValueTrainingArguments,
              folds: int = 2, base: str | None = None, tiny: str | None = None, per_problem: int | None = None,
-             batch_size: int = 32, log=print) -> Path:
+             batch_size: int = 32, log=print, train_fraction: float = 1.0) -> Path:
+    """train_fraction < 1: each fold's model trains on that share of the other folds' problems (learning
+    curves; the same held-out folds are scored)."""
+    if not 0 < train_fraction <= 1:
+        raise CodevalueError(f"train_fraction must be in (0, 1], not {train_fraction}")
     records = targets if isinstance(targets, list) else load_examples(targets)
     out = Path(out_dir)
     fold_of = assign_folds([str(r["problem_id"]) for r in records], folds, args.seed)
     all_scores: list[dict] = []
-    summary: dict[str, Any] = {"folds": folds, "per_problem": per_problem, "fold_problems": {}, "train_seconds": {}}
-    recipe = training_recipe(args, base, tiny, per_problem)
+    summary: dict[str, Any] = {"folds": folds, "per_problem": per_problem, "train_fraction": train_fraction,
+                               "fold_problems": {}, "train_seconds": {}}
+    recipe = training_recipe(args, base, tiny, per_problem, train_fraction)
     for k in range(folds):
         fold_dir = out / f"fold-{k}"
         held_out = sorted(pid for pid, f in fold_of.items() if f == k)
-        train_recs = subsample([r for r in records if fold_of[str(r["problem_id"])] != k], per_problem, args.seed)
+        kept = training_problems([pid for pid, f in fold_of.items() if f != k], train_fraction, args.seed + k)
+        train_recs = subsample([r for r in records if str(r["problem_id"]) in kept], per_problem, args.seed)
         test_recs = [r for r in records if fold_of[str(r["problem_id"])] == k]
         model_dir = fold_dir / "model"
         meta_path = model_dir / "codevalue.json"

@@ -9,6 +9,7 @@ from codevalue.checks import (
     describe_checks,
     dual_agreement,
     execution_features,
+    input_ids,
     parse_check_output,
     parse_generated_tests,
     run_checks,
@@ -117,7 +118,8 @@ def test_run_checks_in_the_sandbox(tmp_path):
     assert rows["right-a"]["checks"]["passed"] == "110"  # the third generated test is wrong (inc(0) == 0)
     assert rows["right-a"]["checks"]["outputs"] == rows["right-b"]["checks"]["outputs"]
     assert rows["wrong"]["checks"]["passed"] == "101"
-    assert rows["loop"]["checks"] == {"passed": "000", "outputs": ["T", "T", "T"]}  # per-test time limits
+    assert rows["loop"]["checks"] == {"passed": "000", "outputs": ["T", "T", "T"],  # per-test time limits
+                                      "inputs": [0, 1, 2]}
     # a time-out on one input costs that test only; the other inputs still run
     assert rows["slow-on-5"]["checks"]["passed"] == "100"
     assert rows["slow-on-5"]["checks"]["outputs"][1] == "T"
@@ -126,6 +128,13 @@ def test_run_checks_in_the_sandbox(tmp_path):
     assert rows["right-a"]["check_features"]["codet_top"] == 1.0
     assert rows["wrong"]["check_features"]["codet"] == pytest.approx(0.5)
     assert rows["right-a"]["passed"] is True  # input fields carried along
+    # SRank by hand: clusters {right-a, right-b} (2 of 4 valid programs), wrong, slow-on-5; loop and liar return
+    # one thing on every input (invalid). V = (1/2 x 2/3, 1/4 x 2/3, 1/4 x 1/3); overlaps right-wrong 1/3,
+    # right-slow 2/3, wrong-slow 1/3: I @ V = (16, 11, 13) / 36
+    cluster = {k: r["check_features"]["srank_cluster"] for k, r in rows.items()}
+    assert cluster == pytest.approx({"right-a": 1, "right-b": 1, "wrong": 11 / 16, "loop": 0, "liar": 0,
+                                     "slow-on-5": 13 / 16}, abs=1e-6)
+    assert rows["right-b"]["check_features"]["srank_cluster_top"] == 1.0
 
 
 def test_run_checks_resumes_without_rerunning(tmp_path):
@@ -189,3 +198,14 @@ def test_run_checks_reruns_rollouts_whose_program_changed(tmp_path):
     assert summary["resumed"] == 1 and summary["programs_run"] == 1
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert rows[0]["checks"]["passed"] == "101" and rows[0]["completion"] == "    return x * 2\n"
+
+
+def test_tests_per_sample_and_input_ids():
+    """CodeT's and SRank's code keep the first N asserts of each test-writing sample; several asserts can share
+    a call (input), which SRank and MBR-exec count once."""
+    texts = ["f(1) == 1\nassert f(2) == 2\nassert f(3) == 3", "f(2) == 5\nassert f(4) == 4"]
+    assert parse_generated_tests(texts, "f", per_sample=1) == ["assert f(1) == 1", "assert f(2) == 5"]
+    tests = parse_generated_tests(texts, "f")
+    assert tests == ["assert f(1) == 1", "assert f(2) == 2", "assert f(3) == 3", "assert f(2) == 5",
+                     "assert f(4) == 4"]
+    assert input_ids([*tests, "assert f(1) > 0"], "f") == [0, 1, 2, 1, 3, -1]

@@ -242,3 +242,30 @@ def test_crossval_retrains_when_the_recipe_changes(run, tmp_path, monkeypatch):
     logs.clear()
     crossval(targets, out, make_args(out, rank_weight=2.0), folds=2, tiny="1m", log=logs.append)
     assert len(calls) == 2 and len([line for line in logs if "reusing" in line]) == 2  # same recipe: reused
+
+
+def test_crossval_train_fraction_trains_on_fewer_problems_and_scores_the_same_folds(run, tmp_path, monkeypatch):
+    """Learning curves: with 6 problems in 2 folds each model sees 3; at fraction 1/3 it sees one of them (seeded),
+    still scores its whole held-out fold, and the fraction is part of the recipe (no reuse across fractions)."""
+    targets, original, _, _ = run
+    out = copy_run(run, tmp_path)
+    calls: list = []
+    monkeypatch.setattr(cv_mod, "train_value_model", fake_trainer(calls, model_from=original / "fold-0" / "model"))
+    scores = crossval(targets, out, make_args(out), folds=2, tiny="1m", log=lambda _: None, train_fraction=1 / 3)
+    folds = json.loads((out / "crossval.json").read_text())["fold_problems"]
+    assert [len(c) for c in calls] == [1, 1]
+    for k, trained in enumerate(calls):
+        assert set(trained) <= {p for f, ps in folds.items() if int(f) != k for p in ps}
+    assert len(scored(scores)) == len(synthetic_targets())
+    assert json.loads((out / "fold-0" / "recipe.json").read_text())["train_fraction"] == pytest.approx(1 / 3)
+    assert cv_mod.training_problems(["a", "b", "c", "d"], 0.5, 0) == cv_mod.training_problems(["d", "c", "b", "a"],
+                                                                                              0.5, 0)
+    assert len(cv_mod.training_problems(["a", "b", "c", "d"], 0.01, 0)) == 1
+    with pytest.raises(CodevalueError, match="train_fraction"):
+        crossval(targets, out, make_args(out), folds=2, tiny="1m", train_fraction=0)
+
+
+def test_crossval_recipe_names_the_checks_text_only_when_read():
+    assert "checks_text" not in cv_mod.training_recipe(make_args(Path("x")), None, "1m", None)
+    recipe = cv_mod.training_recipe(make_args(Path("x"), read_checks=True), None, "1m", None)
+    assert recipe["checks_text"] == cv_mod.CHECKS_TEXT_VERSION and "train_fraction" not in recipe
