@@ -2,6 +2,7 @@
 
 import json
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -195,9 +196,33 @@ def test_too_many_tokens_is_422(client):
 
 
 def test_body_too_large_is_413(client):
-    r = client.post("/v1/score", content=json.dumps({"items": items([("", "x" * 70_000)])}),
-                    headers={"content-type": "application/json"})
+    """A Content-Length over the limit is refused from the header, before the body is read."""
+    body = json.dumps({"items": items([("", "x" * 70_000)])}).encode()
+    r = client.post("/v1/score", content=body, headers={"content-type": "application/json"})
     assert r.status_code == 413 and r.json()["limit"] == "max_body_bytes"
+    assert r.json()["detail"].startswith(f"request body of {len(body)} bytes is over the limit"), r.json()
+
+
+def chunked(body: bytes, size: int = 4096):
+    """An iterator body: httpx sends it chunked, with no Content-Length header."""
+    return (body[i:i + size] for i in range(0, len(body), size))
+
+
+def test_chunked_body_without_content_length(client, vm):
+    """Without Content-Length the body is counted as it streams in: a large one is refused, a small one is
+    scored like any other."""
+    big = json.dumps({"items": items([("", "x" * 70_000)])}).encode()
+    request = client.build_request("POST", "/v1/score", content=chunked(big),
+                                   headers={"content-type": "application/json"})
+    assert "content-length" not in request.headers and request.headers["transfer-encoding"] == "chunked"
+    r = client.send(request)
+    assert r.status_code == 413 and r.json()["limit"] == "max_body_bytes"
+    assert r.json()["detail"] == "request body is over the limit max_body_bytes=65536"
+    small = json.dumps({"items": items(PAIRS[:2]), "per_token": True}).encode()
+    r = client.post("/v1/score", content=chunked(small, 16), headers={"content-type": "application/json"})
+    assert r.status_code == 200, r.text
+    for result, score in zip(r.json()["results"], direct(vm, PAIRS[:2]), strict=True):
+        assert_same(result, score)
 
 
 @pytest.mark.parametrize("content", [b"{not json", b"", b'{"items": [', b"\xff\xfe", b"[1, 2", b"[" * 50_000,
@@ -230,10 +255,12 @@ def test_schema_errors_are_422(client, path, body, fragment):
 
 
 def test_server_survives_bad_input(client, vm):
-    """After all the refusals above (and a model error), the same server still answers correctly."""
+    """After all the refusals above (and these, each answered with its status), the server still answers right."""
     for _ in range(3):
-        client.post("/v1/score", content=b"\x00garbage", headers={"content-type": "application/json"})
-        client.post("/v1/score", json={"items": items(PAIRS[:1] * 100)})
+        r = client.post("/v1/score", content=b"\x00garbage", headers={"content-type": "application/json"})
+        assert r.status_code == 400 and "malformed JSON" in r.json()["detail"]
+        r = client.post("/v1/score", json={"items": items(PAIRS[:1] * 100)})
+        assert r.status_code == 413 and r.json()["limit"] == "max_items"
     assert client.get("/health").json()["status"] == "ok"
     r = client.post("/v1/score", json={"items": items(PAIRS[:2]), "per_token": True})
     for result, score in zip(r.json()["results"], direct(vm, PAIRS[:2]), strict=True):
@@ -251,6 +278,50 @@ class FlakyModel:
         if "boom" in completions:
             raise RuntimeError("model exploded")
         return self.vm.score(prompts, completions, batch_size, finished)
+
+
+class GatedModel(FlakyModel):
+    """A ValueModel stand-in that records the completions of every scoring call and holds the first call
+    until `release` is set, so that requests sent meanwhile are known to wait in the queue together."""
+
+    def __init__(self, vm):
+        super().__init__(vm)
+        self.entered, self.release, self.calls = threading.Event(), threading.Event(), []
+
+    def score(self, prompts, completions, batch_size=16, finished=True):
+        self.calls.append(list(completions))
+        self.entered.set()
+        assert self.release.wait(timeout=60)
+        return self.vm.score(prompts, completions, batch_size, finished)
+
+
+def test_items_of_different_requests_share_one_forward_pass(vm):
+    """While the model scores request A, requests B, C and D queue up; the next batch holds the items of all
+    three (one scoring call), and each request still gets its own values. Without cross-request batching
+    they would be three calls."""
+    gated = GatedModel(vm)
+    app = create_app(gated, max_batch=8, max_wait_ms=0, max_padding=100.0, model_name="tiny")  # one pass
+    pairs = {"A": PAIRS[0], "B": PAIRS[1], "C": PAIRS[2], "D": PAIRS[3]}
+    with BackgroundServer(app) as srv, ThreadPoolExecutor(4) as pool:
+        def call(key):
+            with httpx.Client(base_url=srv.url, trust_env=False, timeout=60) as c:
+                return c.post("/v1/score", json={"items": items([pairs[key]])})
+
+        first = pool.submit(call, "A")
+        assert gated.entered.wait(timeout=30)  # A is inside the model now
+        later = {key: pool.submit(call, key) for key in "BCD"}
+        batcher = app.state.batcher
+        deadline = time.monotonic() + 30
+        while batcher.queued < 3 and time.monotonic() < deadline:  # all three wait in the queue
+            time.sleep(0.01)
+        assert batcher.queued == 3
+        gated.release.set()
+        responses = {"A": first.result(), **{key: f.result() for key, f in later.items()}}
+    assert [sorted(c) for c in gated.calls] == [[PAIRS[0][1]], sorted(p[1] for p in PAIRS[1:4])]
+    for key, r in responses.items():
+        assert r.status_code == 200, r.text
+        assert r.json()["results"][0]["value"] == pytest.approx(direct(vm, [pairs[key]])[0].final, abs=1e-5)
+    assert (batcher.batches, batcher.items, batcher.largest_batch) == (2, 4, 3)
 
 
 def test_model_error_is_500_and_the_worker_carries_on(vm):
