@@ -379,16 +379,21 @@ def test_evaluate_files_names_must_match(tmp_path, two_critics):
         evaluate_files(list(two_critics), tmp_path / "r", names=["only"])
 
 
-def test_evaluate_files_same_stem_keeps_both(tmp_path):
+def test_evaluate_files_same_stem_is_refused_unless_named(tmp_path):
+    """Two files both called scores.jsonl would be one critic under one name: refused, and with --names
+    both are evaluated, each on its own scores."""
     paths = []
     for sub, values in (("cv1", TWO), ("cv2", TWO_OTHER)):
         (tmp_path / sub).mkdir()
         paths.append(write_lines(tmp_path / sub / "scores.jsonl", score_records(values)))
-    try:
-        results = evaluate_files(paths, tmp_path / "r")
-    except DataError:
-        return  # refusing ambiguous names is fine too
-    assert len(results) == 2
+    with pytest.raises(DataError, match=r"critic names must differ, got \['scores', 'scores'\]"):
+        evaluate_files(paths, tmp_path / "r")
+    results = evaluate_files(paths, tmp_path / "r", names=["cv1", "cv2"])
+    alone = {name: evaluate_files([path], tmp_path / name)[path.stem] for name, path in zip(["cv1", "cv2"], paths,
+                                                                                              strict=True)}
+    assert list(results) == ["cv1", "cv2"] and alone["cv1"]["reranked_pass@1"] != alone["cv2"]["reranked_pass@1"]
+    for name in results:
+        assert results[name]["reranked_pass@1"] == alone[name]["reranked_pass@1"]
 
 
 def test_evaluate_files_empty_scores(tmp_path):
