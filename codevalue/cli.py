@@ -634,6 +634,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import torch
 
     from .model import ValueModel
+    from .rewards import ExecutionReward
+    from .rollouts import parse_stop
     from .serve import API_KEY_ENV, create_app, resolve_api_key
 
     try:
@@ -643,34 +645,61 @@ def cmd_serve(args: argparse.Namespace) -> int:
         hint = "pip install fastapi uvicorn"
         raise CodevalueError(f"`codevalue serve` needs FastAPI and uvicorn ({e}): {hint}") from None
 
+    if args.model is None and args.problems is None:
+        raise CodevalueError("serve: give a value model (MODEL), problems for execution rewards (--problems), or both")
     if args.threads:
         torch.set_num_threads(args.threads)
     dtype = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[args.dtype]
     api_key = resolve_api_key(args.api_key)
-    vm = ValueModel.from_pretrained(args.model, device=args.device, dtype=dtype)
-    app = create_app(vm, max_items=args.max_items, max_tokens=args.max_tokens, max_batch=args.max_batch,
-                     max_wait_ms=args.max_wait_ms, max_body_bytes=args.max_body_mb * 2**20,
-                     model_name=args.name or str(args.model), forward_batch=args.forward_batch,
-                     max_padding=args.max_padding, api_key=api_key)
-    print(f"codevalue: serving {args.model} on {vm.device} at http://{args.host}:{args.port} "
-          "(POST /v1/score, POST /get_reward, GET /health)"
-          + ("; requests need 'Authorization: Bearer KEY'" if api_key else ""), flush=True)
-    if not api_key and args.host not in ("127.0.0.1", "localhost", "::1"):
-        print(f"codevalue: warning: {args.host} is reachable from other machines and there is no API key "
-              f"(--api-key or {API_KEY_ENV})", file=sys.stderr, flush=True)
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+    vm = ValueModel.from_pretrained(args.model, device=args.device, dtype=dtype) if args.model else None
+    with contextlib.ExitStack() as stack:
+        execution = None
+        if args.problems is not None:
+            execution = stack.enter_context(ExecutionReward(
+                args.problems, mode=args.mode, shaping=args.shaping, timeout=args.timeout,
+                program_timeout=args.program_timeout, stop=parse_stop(args.stop), sandbox=_sandbox_config(args),
+                problem_format=args.format))
+        app = create_app(vm, max_items=args.max_items, max_tokens=args.max_tokens, max_batch=args.max_batch,
+                         max_wait_ms=args.max_wait_ms, max_body_bytes=args.max_body_mb * 2**20,
+                         model_name=args.name or str(args.model or "execution"), forward_batch=args.forward_batch,
+                         max_padding=args.max_padding, api_key=api_key, execution=execution, combine=args.combine,
+                         strip=parse_stop(args.strip))
+        served = " + ".join(filter(None, [args.model and f"{args.model} on {vm.device}",
+                                          execution and f"execution rewards on {args.problems}"]))
+        print(f"codevalue: serving {served} at http://{args.host}:{args.port} "
+              f"({'POST /v1/score, ' if vm else ''}POST /get_reward, GET /health)"
+              + ("; requests need 'Authorization: Bearer KEY'" if api_key else ""), flush=True)
+        if not api_key and args.host not in ("127.0.0.1", "localhost", "::1"):
+            print(f"codevalue: warning: {args.host} is reachable from other machines and there is no API key "
+                  f"(--api-key or {API_KEY_ENV})", file=sys.stderr, flush=True)
+        uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
     return 0
 
 
 def _add_serve_parser(subparsers) -> argparse.ArgumentParser:
     from . import serve
+    from .rewards import SHAPINGS
 
     p = subparsers.add_parser(
-        "serve", help="serve a value model over HTTP (reward server, OpenRLHF protocol)",
+        "serve", help="serve a value model and/or execution rewards over HTTP (reward server, OpenRLHF protocol)",
         description="Serve a value model over HTTP: POST /v1/score (values of prompt + completion items, per token "
                     "on request), POST /get_reward (OpenRLHF's remote reward-model protocol), GET /health. "
-                    "Concurrent requests share forward passes. Details: the docstring of codevalue/serve.py.")
-    p.add_argument("model", help="codevalue model directory")
+                    "Concurrent requests share forward passes. With --problems, /get_reward runs each response "
+                    "against its problem's tests in the sandbox (execution rewards, as `codevalue label`). "
+                    "Details: the docstring of codevalue/serve.py.")
+    p.add_argument("model", nargs="?", help="codevalue model directory (optional with --problems)")
+    p.add_argument("--problems", help="problems (file, directory or bundled name): /get_reward then runs each "
+                                      "response against the problem its `labels` entry names, in the sandbox")
+    p.add_argument("--shaping", choices=SHAPINGS, default="binary",
+                   help="execution reward: 1/0 (binary) or the fraction of tests passed")
+    p.add_argument("--combine", type=_number(lambda v: 0 <= v <= 1, "must be in [0, 1]"), default=0.0,
+                   help="with MODEL and --problems: reward = (1 - W) * execution + W * value")
+    p.add_argument("--strip", action="append", default=[],
+                   help="end-of-response text to cut from queries (repeatable; the model's end and padding "
+                        "tokens always are)")
+    _add_label_options(p)
+    p.set_defaults(mode="lcb")  # rewards: real scripts, no tolerance a policy could learn to exploit
+    _add_sandbox_options(p)
     p.add_argument("--host", default="127.0.0.1",
                    help="address to bind (default 127.0.0.1; set an API key before binding another address)")
     p.add_argument("--api-key", default=None,

@@ -20,6 +20,15 @@ Endpoints (JSON in, JSON out):
   - `GET /health`: `{"status": "ok", "model", "device", limits and batching counters}` (only `{"status": "ok"}`
     to a client without the key when a key is set).
 
+Execution rewards (`codevalue serve [MODEL] --problems P`, `create_app(..., execution=ExecutionReward(P))`):
+`/get_reward` then runs each response against the problem its `labels` entry names (OpenRLHF sends the
+dataset's `--label_key` field there) in a warm sandbox, exactly as `codevalue label` would
+(`codevalue.rewards`), and answers `{"rewards", "scores", "extra_logs": {"execution": [...], "passed": [...],
+"infra_error": [...], "value": [...] (with a model)}}`. With a model too, the reward is
+`(1 - combine) * execution + combine * value` (`--combine W`, default 0: execution alone), which stays in
+[0, 1]; without one, `/v1/score` answers 404. An unknown problem id or missing labels answer 422; a response
+that hangs costs at most its time limit; a sandbox failure gives reward 0 (verdict infra_error), not a 500.
+
 Concurrent requests are micro-batched: every item goes into one queue; a single worker takes up to
 `max_batch` items (waiting at most `max_wait_ms` for more after the first) and scores them on a separate
 thread, so the event loop keeps accepting and validating requests while the model runs. A batch is sorted by
@@ -62,6 +71,7 @@ from typing import Any
 
 from .errors import CodevalueError
 from .model import Score, ValueModel
+from .rewards import ExecutionReward
 
 DEFAULT_MAX_ITEMS = 64
 DEFAULT_MAX_TOKENS = 4096
@@ -217,6 +227,7 @@ def _models():
         model_config = ConfigDict(extra="ignore")  # OpenRLHF also sends `labels` (and maybe `metas`)
         query: list[StrictStr]
         prompts: list[StrictStr] | None = None
+        labels: list[Any] | None = None  # with --problems: the problem id of each query
 
     return ScoreRequest, RewardRequest
 
@@ -258,13 +269,17 @@ def forward_passes(lengths: Sequence[int], max_items: int, max_padding: float = 
     return passes
 
 
-def create_app(value_model: ValueModel, *, max_items: int = DEFAULT_MAX_ITEMS, max_tokens: int = DEFAULT_MAX_TOKENS,
-               max_batch: int = DEFAULT_MAX_BATCH, max_wait_ms: float = DEFAULT_MAX_WAIT_MS,
-               max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, model_name: str | None = None,
-               forward_batch: int | None = None, max_padding: float = 0.25, api_key: str | None = None):
+def create_app(value_model: ValueModel | None, *, max_items: int = DEFAULT_MAX_ITEMS,
+               max_tokens: int = DEFAULT_MAX_TOKENS, max_batch: int = DEFAULT_MAX_BATCH,
+               max_wait_ms: float = DEFAULT_MAX_WAIT_MS, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+               model_name: str | None = None, forward_batch: int | None = None, max_padding: float = 0.25,
+               api_key: str | None = None, execution: ExecutionReward | None = None, combine: float = 0.0,
+               strip: Sequence[str] = ()):
     """The FastAPI app serving `value_model` (see the module docstring). `app.state.batcher` is the
     MicroBatcher (its counters show how requests were batched). With `api_key`, every path but /health
-    answers 401 unless the request carries `Authorization: Bearer <api_key>`.
+    answers 401 unless the request carries `Authorization: Bearer <api_key>`. With `execution`, /get_reward
+    answers execution rewards, mixed with the model's values by `combine` (value_model may then be None);
+    `strip`: end-token strings cut from queries besides the model's own end and padding tokens.
 
     A collected batch is sorted by length and cut into forward passes of at most `forward_batch` items
     (default: max_batch) whose padding adds at most `max_padding` (a fraction) to their real tokens, so a
@@ -276,14 +291,18 @@ def create_app(value_model: ValueModel, *, max_items: int = DEFAULT_MAX_ITEMS, m
     ScoreRequest, RewardRequest = _models()
     if api_key is not None and not api_key:
         raise CodevalueError("the API key is empty")
+    if value_model is None and execution is None:
+        raise CodevalueError("nothing to serve: give a value model, problems for execution rewards, or both")
+    if not 0 <= combine <= 1 or (combine and (value_model is None or execution is None)):
+        raise CodevalueError(f"--combine {combine}: a weight in [0, 1] that needs both a model and --problems")
     vm = value_model
-    if vm.spec.read_checks:
+    if vm is not None and vm.spec.read_checks:
         raise CodevalueError("this value model reads selection-time check results (`codevalue checks`), which "
                              "the server does not compute; serve a model trained without --read-checks, or "
                              "score checked rollouts with `codevalue score`")
-    tok = vm.tokenizer
-    name = model_name or str(vm.meta.get("backbone") or type(vm.model).__name__)
-    strip = [s for s in {tok.eos_token, tok.pad_token} if s]
+    tok = vm.tokenizer if vm is not None else None
+    name = model_name or (str(vm.meta.get("backbone") or type(vm.model).__name__) if vm is not None else "execution")
+    strip = [*strip, *(s for s in ({tok.eos_token, tok.pad_token} if tok is not None else ()) if s)]
     per_pass = forward_batch or max_batch
     counters = {"forward_passes": 0}
 
@@ -371,7 +390,7 @@ def create_app(value_model: ValueModel, *, max_items: int = DEFAULT_MAX_ITEMS, m
                 zip(lengths(prompts), lengths(completions), finished, strict=True)]
 
     async def check_tokens(items: list[tuple[str, str, bool]]) -> None:
-        if not items:
+        if not items or vm is None:  # max_tokens counts the model's tokens
             return
         counts = await asyncio.to_thread(count_tokens, [i[0] for i in items], [i[1] for i in items],
                                          [i[2] for i in items])
@@ -393,6 +412,8 @@ def create_app(value_model: ValueModel, *, max_items: int = DEFAULT_MAX_ITEMS, m
             return error(500, f"scoring failed: {type(e).__name__}: {e}")
 
     async def do_score(request: Request) -> JSONResponse:
+        if vm is None:
+            raise RequestError(404, "no value model is served here (only execution rewards: POST /get_reward)")
         req = ScoreRequest.model_validate(await read_json(request, "items"))
         items = [(it.prompt, it.completion, req.finished if it.finished is None else it.finished)
                  for it in req.items]
@@ -413,9 +434,25 @@ def create_app(value_model: ValueModel, *, max_items: int = DEFAULT_MAX_ITEMS, m
             raise RequestError(422, f"{len(req.prompts)} prompts for {len(req.query)} queries")
         prompts = req.prompts or [None] * len(req.query)
         items = [(*split_query(q, p, strip), True) for q, p in zip(req.query, prompts, strict=True)]
+        if execution is not None:
+            if req.labels is None or len(req.labels) != len(req.query):
+                raise RequestError(422, "execution rewards need `labels`: the problem id of every query "
+                                        f"({0 if req.labels is None else len(req.labels)} for {len(req.query)})")
+            for k, label in enumerate(req.labels):
+                if str(label) not in execution.problems:
+                    raise RequestError(422, f"labels.{k}: unknown problem {label!r}")
         await check_tokens(items)
-        rewards = [s.final for s in await batcher.submit(items)]
-        return JSONResponse({"rewards": rewards, "scores": rewards})
+        values = [s.final for s in await batcher.submit(items)] if vm is not None else None
+        if execution is None:
+            return JSONResponse({"rewards": values, "scores": values})
+        executed, logs = await asyncio.to_thread(execution.evaluate, [i[0] for i in items], [i[1] for i in items],
+                                                 req.labels)
+        logs = {"execution": executed, **logs}
+        rewards = executed
+        if values is not None:
+            logs["value"] = values
+            rewards = [(1 - combine) * e + combine * v for e, v in zip(executed, values, strict=True)]
+        return JSONResponse({"rewards": rewards, "scores": rewards, "extra_logs": logs})
 
     @app.post("/v1/score")
     async def score_endpoint(request: Request):
@@ -429,8 +466,14 @@ def create_app(value_model: ValueModel, *, max_items: int = DEFAULT_MAX_ITEMS, m
     async def health(request: Request):
         if not authorized(request):  # liveness for anyone, details for key holders
             return {"status": "ok"}
-        return {"status": "ok", "model": name, "device": str(vm.device),
-                "backbone": vm.meta.get("backbone"), "max_items": max_items, "max_tokens": max_tokens,
+        details: dict[str, Any] = {"status": "ok", "model": name, "max_items": max_items}
+        if execution is not None:
+            details.update(problems=len(execution.problems), mode=execution.config.mode, shaping=execution.shaping,
+                           combine=combine, programs_run=execution.programs_run, infra_errors=execution.infra_errors)
+        if vm is None:
+            return details
+        return {**details, "device": str(vm.device),
+                "backbone": vm.meta.get("backbone"), "max_tokens": max_tokens,
                 "max_batch": max_batch, "forward_batch": per_pass, "max_padding": max_padding,
                 "max_wait_ms": max_wait_ms,
                 "model_max_length": vm.spec.max_length,
