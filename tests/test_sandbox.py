@@ -59,6 +59,11 @@ def box() -> Iterator[Sandbox]:
         yield sandbox
 
 
+def raised(error: str) -> str:
+    """The message of a program's `raise RuntimeError(message)`, without the line the harness names."""
+    return error.removeprefix("RuntimeError: ").split(" at line ")[0]
+
+
 @pytest.fixture(scope="module")
 def dropped(box: Sandbox) -> Sandbox:
     """The shared sandbox, once a probe has shown that its programs really run as the sandbox uids.
@@ -68,12 +73,12 @@ def dropped(box: Sandbox) -> Sandbox:
     """
     if not IS_ROOT:
         pytest.skip("no uid drop without root")
-    ids = "import posix, time\ntime.sleep(0.2)\nIDS = {posix.getuid(), posix.geteuid(), posix.getgid()}\n"
+    ids = "import posix\nIDS = {posix.getuid(), posix.geteuid(), posix.getgid()}\n"
     probes = [Job(ids + "print(*IDS)", "stdin", "script", inputs=[""], timeout=2, deadline=3),
               Job(ids + "raise RuntimeError(*IDS)", "check", "humaneval", timeout=2, deadline=3)] * 2
     uids = set()
-    for job, result in box.map(probes):  # two at a time: each worker gets some
-        seen = result.tests[0].stdout if job.style == "script" else result.tests[0].error.split(":")[-1]
+    for job, result in box.map(probes):  # map hands every idle worker a job first: each worker runs some
+        seen = result.tests[0].stdout if job.style == "script" else raised(result.tests[0].error)
         assert seen and seen.split() and all(u.isdigit() for u in seen.split()), result
         uids.update(int(u) for u in seen.split())
     if uids != set(box.isolation["uids"]):
@@ -900,7 +905,7 @@ def test_programs_run_as_the_unprivileged_sandbox_uid(box, kind, style):
     inputs = {"check": [], "stdin": [""], "call": [[]]}[kind]
     result = box.run(Job(program, kind, style, inputs=inputs, fn_name="ids", timeout=2, deadline=3))
     outcome = result.tests[0]
-    seen = {"check": outcome.error.removeprefix("RuntimeError: "), "stdin": (outcome.stdout or "").strip(),
+    seen = {"check": raised(outcome.error), "stdin": (outcome.stdout or "").strip(),
             "call": (outcome.result or "")[1:-1]}[kind]  # the repr of a repr: strip the quotes
     uid, euid, gid, egid, groups = ast.literal_eval(seen)  # parsed, never evaluated
     assert uid in box.isolation["uids"] and uid == euid == gid == egid, seen
