@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import functools
+import inspect
 import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -59,6 +61,15 @@ def _number(ok: Callable[[float], bool], rule: str, kind: str = "a number") -> C
         return value
 
     return parse
+
+
+def _default(func: Callable, name: str) -> Any:
+    """The default of parameter `name` of the Python function a command calls: each default is written once,
+    in that signature, and the command line shows the same (a tuple default becomes a list, as nargs gives)."""
+    default = inspect.signature(func).parameters[name].default
+    if default is inspect.Parameter.empty:
+        raise TypeError(f"{func.__qualname__}({name}) has no default")
+    return list(default) if isinstance(default, tuple) else default
 
 
 _seconds = _number(lambda v: v > 0, "must be positive", "seconds")
@@ -363,6 +374,18 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_crossval_options(p: argparse.ArgumentParser) -> None:
+    """The cross-validation options of crossval, run and demo, with crossval()'s defaults."""
+    from .crossval import crossval
+
+    p.add_argument("--folds", type=_count(2), default=_default(crossval, "folds"),
+                   help="cross-validation folds (models trained; more: slower, more training data per model)")
+    p.add_argument("--per-problem", type=_count(1), default=_default(crossval, "per_problem"),
+                   help="train on at most N rollouts per problem")
+    p.add_argument("--score-batch-size", type=_count(1), default=_default(crossval, "batch_size"),
+                   help="rollouts per forward pass when scoring")
+
+
 def cmd_crossval(args: argparse.Namespace) -> int:
     from .crossval import crossval
     from .evaluate import evaluate_files
@@ -532,7 +555,8 @@ GENERATE_OPTIONS = {"branches": _count(1), "per_branch": _count(1), "samples": _
 
 
 def _add_generate_parser(subparsers) -> None:
-    from .generate import GenerateConfig
+    from .generate import EndpointGenerator, GenerateConfig, HFGenerator
+    from .search import PrunePolicy
 
     p = subparsers.add_parser("generate", help="sample rollouts (the paper's branching trees) for a problem set")
     p.add_argument("--problems", required=True, help="problems file, bundled name (humaneval, apps-intro-train, "
@@ -553,19 +577,24 @@ def _add_generate_parser(subparsers) -> None:
                    choices=fields["mode"].metadata["choices"], help=fields["mode"].metadata["help"])
     _add_field_options(p, GenerateConfig, GENERATE_OPTIONS)
     p.add_argument("--stop", action="append", help=fields["stop"].metadata["help"])
-    p.add_argument("--batch-size", type=int, default=64, help="--model: sequences per generate() call")
+    p.add_argument("--batch-size", type=_count(1), default=_default(HFGenerator, "batch_size"),
+                   help="--model: sequences per generate() call")
     p.add_argument("--device", help="--model: torch device (default cuda if available, else cpu)")
-    p.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default="auto",
+    p.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"],
+                   default=_default(HFGenerator, "dtype"),
                    help="--model: weights dtype (auto = bfloat16 on GPU, float32 on CPU)")
     p.add_argument("--api-key", help="--endpoint: bearer token (default: $OPENAI_API_KEY)")
-    p.add_argument("--retries", type=int, default=5, help="--endpoint: retries on 429/5xx/connection errors")
-    p.add_argument("--request-timeout", "--timeout", dest="timeout", type=_seconds, default=600.0,
-                   help="--endpoint: seconds per HTTP request")
-    p.add_argument("--concurrency", type=int, default=8, help="--endpoint: requests in flight")
+    p.add_argument("--retries", type=_count(0), default=_default(EndpointGenerator, "retries"),
+                   help="--endpoint: retries on 429/5xx/connection errors")
+    p.add_argument("--request-timeout", "--timeout", dest="timeout", type=_seconds,
+                   default=_default(EndpointGenerator, "timeout"), help="--endpoint: seconds per HTTP request")
+    p.add_argument("--concurrency", type=_count(1), default=_default(EndpointGenerator, "concurrency"),
+                   help="--endpoint: requests in flight")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     g = p.add_argument_group("PRM-guided early pruning (HF backend; --samples rollouts per problem)")
     g.add_argument("--prune-with", help="value model directory: prune rollouts while generating")
-    g.add_argument("--prune-every", type=int, default=32, help="score and prune every T new tokens")
+    g.add_argument("--prune-every", type=_count(1), default=_default(PrunePolicy, "every"),
+                   help="score and prune every T new tokens")
     g.add_argument("--prune-threshold", type=float, help="drop rollouts whose value falls below this")
     g.add_argument("--prune-top-k", type=int, help="keep at most k running rollouts")
     g.add_argument("--prune-refill", action="store_true", help="spend the saved budget on fresh rollouts")
@@ -599,12 +628,15 @@ def cmd_prune_replay(args: argparse.Namespace) -> int:
 
 
 def _add_search_parsers(subparsers) -> None:
+    from .search import prune_replay, rerank
+
     p = subparsers.add_parser("rerank", help="pick the best rollout of each problem with a value model")
     p.add_argument("rollouts", help="rollouts JSONL (label/targets/score output works too)")
     p.add_argument("-o", "--out", required=True, help="JSONL of the picks, one per problem")
     p.add_argument("--model", help="codevalue model directory (default: use the records' `value` field)")
     p.add_argument("--problems", help="problems, when the rollouts carry no `prompt` field")
-    p.add_argument("--batch-size", type=int, default=16, help="rollouts per forward pass")
+    p.add_argument("--batch-size", type=_count(1), default=_default(rerank, "batch_size"),
+                   help="rollouts per forward pass")
     p.set_defaults(func=cmd_rerank)
 
     p = subparsers.add_parser(
@@ -616,17 +648,18 @@ def _add_search_parsers(subparsers) -> None:
     p.add_argument("scores", help="`codevalue crossval` scores.jsonl or `codevalue score --per-token` output "
                                   "of labelled rollouts")
     p.add_argument("-o", "--out", required=True, help="directory for prune_replay.json/.md/.png")
-    p.add_argument("--every", type=int, nargs="+", default=[32], help="checkpoint every T tokens (several: a "
-                                                                      "curve for each)")
-    p.add_argument("--thresholds", type=float, nargs="*", default=[0.05, 0.1, 0.2, 0.3],
+    p.add_argument("--every", type=int, nargs="+", default=_default(prune_replay, "every"),
+                   help="checkpoint every T tokens (several: a curve for each)")
+    p.add_argument("--thresholds", type=float, nargs="*", default=_default(prune_replay, "thresholds"),
                    help="drop rollouts whose value is below this")
-    p.add_argument("--top-k", type=int, nargs="*", default=[5, 10, 25, 50],
+    p.add_argument("--top-k", type=int, nargs="*", default=_default(prune_replay, "top_ks"),
                    help="keep only the k best rollouts still generating")
     p.add_argument("--no-combine", action="store_true", help="no threshold + top-k pairs")
     p.add_argument("--refill", type=int, metavar="W",
                    help="also replay W rollouts at a time with pruned ones replaced (spend the saved budget)")
-    p.add_argument("--permutations", type=int, default=10, help="random generation orders for --refill")
-    p.add_argument("--seed", type=int, default=0, help="seed of the --refill orders")
+    p.add_argument("--permutations", type=int, default=_default(prune_replay, "permutations"),
+                   help="random generation orders for --refill")
+    p.add_argument("--seed", type=int, default=_default(prune_replay, "seed"), help="seed of the --refill orders")
     p.set_defaults(func=cmd_prune_replay)
 
 
@@ -678,7 +711,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def _add_serve_parser(subparsers) -> argparse.ArgumentParser:
     from . import serve
-    from .rewards import SHAPINGS
+    from .rewards import SHAPINGS, ExecutionReward
 
     p = subparsers.add_parser(
         "serve", help="serve a value model and/or execution rewards over HTTP (reward server, OpenRLHF protocol)",
@@ -690,18 +723,20 @@ def _add_serve_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("model", nargs="?", help="codevalue model directory (optional with --problems)")
     p.add_argument("--problems", help="problems (file, directory or bundled name): /get_reward then runs each "
                                       "response against the problem its `labels` entry names, in the sandbox")
-    p.add_argument("--shaping", choices=SHAPINGS, default="binary",
+    p.add_argument("--shaping", choices=SHAPINGS, default=_default(ExecutionReward, "shaping"),
                    help="execution reward: 1/0 (binary) or the fraction of tests passed")
-    p.add_argument("--combine", type=_number(lambda v: 0 <= v <= 1, "must be in [0, 1]"), default=0.0,
+    p.add_argument("--combine", type=_number(lambda v: 0 <= v <= 1, "must be in [0, 1]"),
+                   default=_default(serve.create_app, "combine"),
                    help="with MODEL and --problems: reward = (1 - W) * execution + W * value")
     p.add_argument("--strip", action="append", default=[],
                    help="end-of-response text to cut from queries (repeatable; the model's end and padding "
                         "tokens always are)")
     _add_label_options(p)
-    p.set_defaults(mode="lcb")  # rewards: real scripts, no tolerance a policy could learn to exploit
+    # rewards: ExecutionReward's mode (real scripts, no tolerance a policy could learn to exploit)
+    p.set_defaults(mode=_default(ExecutionReward, "mode"))
     _add_sandbox_options(p)
     p.add_argument("--host", default="127.0.0.1",
-                   help="address to bind (default 127.0.0.1; set an API key before binding another address)")
+                   help="address to bind (set an API key before binding another address)")
     p.add_argument("--api-key", default=None,
                    help=f"require 'Authorization: Bearer KEY' on every endpoint but /health (default: the "
                         f"environment variable {serve.API_KEY_ENV}, which other users cannot see in `ps`)")
@@ -716,10 +751,10 @@ def _add_serve_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--max-batch", type=int, default=serve.DEFAULT_MAX_BATCH, help="items per shared forward pass")
     p.add_argument("--forward-batch", type=int, default=None,
                    help="items per forward pass within a batch, sorted by length (default: --max-batch)")
-    p.add_argument("--max-padding", type=float, default=0.25,
-                   help="padding a forward pass may add, as a fraction of its real tokens (default 0.25)")
+    p.add_argument("--max-padding", type=float, default=_default(serve.create_app, "max_padding"),
+                   help="padding a forward pass may add, as a fraction of its real tokens")
     p.add_argument("--max-wait-ms", type=float, default=serve.DEFAULT_MAX_WAIT_MS,
-                   help="how long a batch waits for more items after its first (default 2 ms)")
+                   help="how long a batch waits for more items after its first, in ms")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--name", help="model name reported by /health and /v1/score (default: MODEL)")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"],
@@ -731,7 +766,13 @@ def _add_serve_parser(subparsers) -> argparse.ArgumentParser:
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The whole command line. command: the subcommand about to be parsed; the training options (generated from
     train.py's fields, whose import costs seconds) are built for it alone ("": for none). None: for every one."""
+    from .checks import run_checks
+    from .codet import codet_scores
     from .model import TINY_SIZES  # --tiny choices (torch is imported by the serve parser anyway)
+    from .pretrain import pretrain_tiny_lm
+    from .problems import load_problems
+    from .score import score_file
+    from .targets import build_targets
 
     def trains(name: str) -> bool:
         return command is None or command == name
@@ -757,7 +798,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("labeled", help="`codevalue label` output")
     p.add_argument("--problems", required=True, help="the problems the rollouts answer (for their prompts)")
     p.add_argument("-o", "--out", required=True, help="targets JSONL to write")
-    p.add_argument("--smooth", type=float, default=0.0,
+    p.add_argument("--smooth", type=float, default=_default(build_targets, "smooth"),
                    help="Beta-prior strength pulling rarely seen prefixes toward the problem's pass rate")
     p.set_defaults(func=cmd_targets)
 
@@ -774,14 +815,15 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     p = sub.add_parser("crossval", help="K models on problem folds; each problem scored by one that never saw it")
     p.add_argument("targets", help="`codevalue targets` output")
     p.add_argument("-o", "--out", required=True, help="directory for fold models, scores.jsonl and the report")
-    p.add_argument("--folds", type=_count(2), default=2, help="cross-validation folds (models trained)")
-    p.add_argument("--per-problem", type=_count(1), default=None, help="train on at most N rollouts per problem")
-    p.add_argument("--score-batch-size", type=_count(1), default=32, help="rollouts per forward pass when scoring")
-    p.add_argument("--train-fraction", type=_number(lambda v: 0 < v <= 1, "must be in (0, 1]"), default=1.0,
-                   help="each fold's model trains on this share of the other folds' problems (learning curves)")
     p.add_argument("--name", default="value model", help="critic name in the report")
     p.add_argument("--quiet", action="store_true")
     if trains("crossval"):
+        from .crossval import crossval
+
+        _add_crossval_options(p)
+        p.add_argument("--train-fraction", type=_number(lambda v: 0 < v <= 1, "must be in (0, 1]"),
+                       default=_default(crossval, "train_fraction"),
+                       help="each fold's model trains on this share of the other folds' problems (learning curves)")
         _add_train_options(p)
     p.set_defaults(func=cmd_crossval)
 
@@ -795,7 +837,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("labeled", help="`codevalue label` output (its `passed` is only carried along)")
     p.add_argument("--problems", required=True, help="the problems (HumanEval/MBPP layout)")
     p.add_argument("--tests", help="generated tests JSONL (task_id, text); default: the bundled CodeGen-16B ones")
-    p.add_argument("--max-tests", type=_count(1), default=100, help="generated tests kept per problem")
+    p.add_argument("--max-tests", type=_count(1), default=_default(run_checks, "limit"),
+                   help="generated tests kept per problem")
     p.add_argument("--tests-per-sample", type=_count(1), default=None, metavar="N",
                    help="keep only the first N asserts of each test-writing sample (CodeT's and SRank's code: 5); "
                         "default: all of them")
@@ -806,22 +849,26 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_checks)
 
     p = sub.add_parser("pretrain", help="language-model warm start of a tiny backbone on local Python code")
-    p.add_argument("--tiny", choices=list(TINY_SIZES), default="1m", help="backbone size")
+    pretrain_default = functools.partial(_default, pretrain_tiny_lm)
+    p.add_argument("--tiny", choices=list(TINY_SIZES), default=pretrain_default("size"), help="backbone size")
     p.add_argument("-o", "--out", required=True, help="checkpoint directory (then: --base OUT)")
-    p.add_argument("--corpus", default="stdlib",
-                   help="stdlib (default), site-packages, or a directory of .py files; never the benchmark data")
-    p.add_argument("--max-steps", type=_count(1), default=1500, help="optimizer steps")
-    p.add_argument("--batch-size", type=_count(1), default=8, help="sequences per step")
-    p.add_argument("--block-size", type=_count(8), default=512, help="tokens per training sequence")
-    p.add_argument("--lr", type=_positive, default=1e-3, help="peak learning rate")
-    p.add_argument("--max-chars", type=_count(1), default=12_000_000, help="characters of the corpus to read")
-    p.add_argument("--seed", type=int, default=0, help="seed of the data order and initialisation")
+    p.add_argument("--corpus", default=pretrain_default("corpus"),
+                   help="stdlib, site-packages, or a directory of .py files; never the benchmark data")
+    p.add_argument("--max-steps", type=_count(1), default=pretrain_default("max_steps"), help="optimizer steps")
+    p.add_argument("--batch-size", type=_count(1), default=pretrain_default("batch_size"), help="sequences per step")
+    p.add_argument("--block-size", type=_count(8), default=pretrain_default("block_size"),
+                   help="tokens per training sequence")
+    p.add_argument("--lr", type=_positive, default=pretrain_default("lr"), help="peak learning rate")
+    p.add_argument("--max-chars", type=_count(1), default=pretrain_default("max_chars"),
+                   help="characters of the corpus to read")
+    p.add_argument("--seed", type=int, default=pretrain_default("seed"),
+                   help="seed of the data order and initialisation")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_pretrain)
 
     p = sub.add_parser("codet", help="non-learned rerankers (CodeT dual agreement, ...) over check results")
     p.add_argument("checked", help="`codevalue checks` output")
-    p.add_argument("--method", default="codet",
+    p.add_argument("--method", default=_default(codet_scores, "method"),
                    choices=["codet", "srank", "mbr-exec", "srank-style", "agreement", "overlap", "passed"],
                    help="codet: dual agreement; srank: SRank as published (clusters, functional overlap, size x "
                         "tests passed); mbr-exec: most rollouts with identical results (Shi et al.); srank-style: "
@@ -836,7 +883,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("-o", "--out", required=True)
     p.add_argument("--problems", help="problems, when the rollouts carry no `prompt` field")
     p.add_argument("--per-token", action="store_true", help="also write the value after every token")
-    p.add_argument("--batch-size", type=_count(1), default=16, help="rollouts per forward pass")
+    p.add_argument("--batch-size", type=_count(1), default=_default(score_file, "batch_size"),
+                   help="rollouts per forward pass")
     p.add_argument("--ray", metavar="ADDRESS",
                    help="score on a Ray cluster, one model replica per actor: auto (a running cluster), local "
                         "(start one here) or HOST:PORT; MODEL must be at the same path on every node")
@@ -853,7 +901,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     p = sub.add_parser("problems", help="load a problem set and report what it holds")
     p.add_argument("source", help="file, bundled name or hub dataset id")
     p.add_argument("--format", choices=["apps", "humaneval", "mbpp"])
-    p.add_argument("--split", default="test", help="split, for hub datasets")
+    p.add_argument("--split", default=_default(load_problems, "split"), help="split, for hub datasets")
     p.add_argument("--list", action="store_true", help="one line per problem: id, kind, tests, entry point")
     p.add_argument("--show", action="append", default=[], metavar="ID",
                    help="print this problem: prompt, check code or first tests (repeatable)")
@@ -872,31 +920,24 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
                                    "SRank-style baselines; none: no checks")
     p.add_argument("-o", "--out", required=True, help="working directory (finished stages are reused)")
     _add_label_options(p)
-    p.add_argument("--folds", type=_count(2), default=2, help="cross-validation folds (models trained)")
-    p.add_argument("--per-problem", type=_count(1), default=None, help="train on at most N rollouts per problem")
-    p.add_argument("--score-batch-size", type=_count(1), default=32, help="rollouts per forward pass when scoring")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     _add_sandbox_options(p)
     if trains("run"):
+        _add_crossval_options(p)
         _add_train_options(p)
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("demo", help="`run` on the bundled HumanEval samples and generated tests (see README)")
     p.add_argument("--out", default="runs/demo", help="working directory (finished stages are reused)")
-    p.add_argument("--folds", type=_count(2), default=2,
-                   help="cross-validation folds (more: slower, more training data)")
-    p.add_argument("--per-problem", type=_count(1), default=32,
-                   help="rollouts per problem used for training (more: slower, maybe better)")
-    p.add_argument("--score-batch-size", type=_count(1), default=32, help="rollouts per forward pass when scoring")
     p.add_argument("--quiet", action="store_true")
     _add_sandbox_options(p)
     if trains("demo"):
+        _add_crossval_options(p)
         _add_train_options(p, tiny_default="1m")
     # The best cross-validated recipe so far (benchmarks/RESULTS.md): group-wise batches + listwise loss,
     # reading the generated-test results after the program.
-    p.set_defaults(num_train_epochs=3, train_last_layers=-1, max_length=1024, learning_rate=1e-3, group_size=8,
-                   per_device_train_batch_size=2, rank_weight=3.0,
-                   read_checks=True)
+    p.set_defaults(per_problem=32, num_train_epochs=3, train_last_layers=-1, max_length=1024, learning_rate=1e-3,
+                   group_size=8, per_device_train_batch_size=2, rank_weight=3.0, read_checks=True)
     p.set_defaults(func=cmd_demo)
     for p in sub.choices.values():  # subcommands added elsewhere too
         p.formatter_class = _HelpFormatter

@@ -136,7 +136,7 @@ def prune(values: Sequence[float] | np.ndarray, threshold: float | None = None, 
 
 @dataclass(frozen=True)
 class PrunePolicy:
-    every: int  # checkpoint every T generated tokens
+    every: int = 32  # checkpoint every T generated tokens
     threshold: float | None = None
     top_k: int | None = None
 

@@ -481,3 +481,72 @@ def test_generate_options_come_from_generate_config():
     for f in dataclasses.fields(GenerateConfig):
         if f.name != "stop":  # --stop: a list of presets or sequences, parsed into the field
             assert (actions[f.name].default, actions[f.name].help) == (f.default, f.metadata["help"]), f.name
+
+
+# Options that exist on the command line alone (the server's address and log level, a report's name, the demo's
+# working directory, ...): the only ones whose default cli.py may write as a literal.
+CLI_ONLY_DEFAULTS = {"--host", "--port", "--dtype", "--threads", "--log-level", "--name", "--out"}
+
+
+def test_cli_writes_no_default_that_the_python_api_also_has():
+    """Every other default is read from the signature (or config field) of the Python function the command calls,
+    so it is written once: a literal `default=` in cli.py for any other option fails here."""
+    import ast
+
+    literal = set()
+    for node in ast.walk(ast.parse((PACKAGE / "cli.py").read_text())):
+        if isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "add_argument":
+            for keyword in node.keywords:
+                if (keyword.arg == "default" and isinstance(keyword.value, ast.Constant)
+                        and keyword.value.value is not None and keyword.value.value is not False):
+                    literal.add(node.args[0].value)
+    assert literal <= CLI_ONLY_DEFAULTS, sorted(literal - CLI_ONLY_DEFAULTS)
+
+
+def _api_defaults():
+    import inspect
+
+    from codevalue.checks import run_checks
+    from codevalue.crossval import crossval
+    from codevalue.generate import EndpointGenerator, HFGenerator
+    from codevalue.pretrain import pretrain_tiny_lm
+    from codevalue.score import score_file
+    from codevalue.search import PrunePolicy, prune_replay, rerank
+    from codevalue.serve import create_app
+    from codevalue.targets import build_targets
+
+    def default(func, name):
+        value = inspect.signature(func).parameters[name].default
+        return list(value) if isinstance(value, tuple) else value
+
+    rows = [("targets", "smooth", default(build_targets, "smooth")),
+            ("checks", "max_tests", default(run_checks, "limit")),
+            ("score", "batch_size", default(score_file, "batch_size")),
+            ("rerank", "batch_size", default(rerank, "batch_size")),
+            ("problems", "split", default(load_problems, "split")),
+            ("generate", "batch_size", default(HFGenerator, "batch_size")),
+            ("generate", "timeout", default(EndpointGenerator, "timeout")),
+            ("generate", "concurrency", default(EndpointGenerator, "concurrency")),
+            ("generate", "prune_every", default(PrunePolicy, "every")),
+            ("serve", "max_padding", default(create_app, "max_padding"))]
+    rows += [("prune-replay", dest, default(prune_replay, name)) for dest, name in
+             [("every", "every"), ("thresholds", "thresholds"), ("top_k", "top_ks"), ("permutations", "permutations")]]
+    rows += [("pretrain", dest, default(pretrain_tiny_lm, name)) for dest, name in
+             [("tiny", "size"), ("corpus", "corpus"), ("max_steps", "max_steps"), ("lr", "lr"), ("seed", "seed")]]
+    rows += [(command, dest, default(crossval, name)) for command in ("crossval", "run") for dest, name in
+             [("folds", "folds"), ("per_problem", "per_problem"), ("score_batch_size", "batch_size")]]
+    return rows
+
+
+@pytest.mark.parametrize("command, dest, expected", _api_defaults())
+def test_option_defaults_are_the_python_api_defaults(command, dest, expected):
+    """The command line's default is the one a Python caller of the same function gets."""
+    actions = {a.dest: a for a in subcommands()[command]._actions}
+    assert actions[dest].default == expected
+
+
+def test_demo_recipe_overrides_are_shown_in_its_help():
+    """demo's own choices (32 rollouts per problem, 3 epochs, ...) are what its --help says."""
+    actions = {a.dest: a for a in subcommands()["demo"]._actions}
+    assert (actions["per_problem"].default, actions["num_train_epochs"].default) == (32, 3)
+    assert subcommands()["crossval"]._option_string_actions["--per-problem"].default is None
