@@ -108,6 +108,7 @@ ROLLOUTS = [("right-a", "    return x + 1\n", True), ("right-b", "    return 1 +
             ("slow-on-5", "    import time\n    if x == 5:\n        time.sleep(30)\n    return x + 1\n", False)]
 
 
+@pytest.mark.slow
 def test_run_checks_in_the_sandbox(tmp_path):
     labeled, tests = _write(tmp_path, ROLLOUTS)
     out = tmp_path / "checked.jsonl"
@@ -137,6 +138,7 @@ def test_run_checks_in_the_sandbox(tmp_path):
     assert rows["right-b"]["check_features"]["srank_cluster_top"] == 1.0
 
 
+@pytest.mark.slow
 def test_run_checks_resumes_without_rerunning(tmp_path):
     labeled, tests = _write(tmp_path, ROLLOUTS[:3])
     out = tmp_path / "checked.jsonl"
@@ -170,6 +172,7 @@ def test_run_checks_refuses_stdin_problems(tmp_path):
         run_checks(labeled, [stdin_problem], tmp_path / "o.jsonl", tests=tests, progress=False)
 
 
+@pytest.mark.slow
 def test_fenced_call_based_completion_runs_as_in_label(tmp_path):
     """An APPS call-based completion in a fence: checks run the code inside it, as label does (they ran the
     fence itself, a syntax error, so every generated test failed)."""
@@ -188,6 +191,7 @@ def test_fenced_call_based_completion_runs_as_in_label(tmp_path):
     assert check_job.program.startswith(label_job.program + "\n__CV_TESTS = ")  # the same program text
 
 
+@pytest.mark.slow
 def test_run_checks_reruns_rollouts_whose_program_changed(tmp_path):
     labeled, tests = _write(tmp_path, ROLLOUTS[:2])
     out = tmp_path / "checked.jsonl"

@@ -55,6 +55,7 @@ def test_problems_reports_problems_without_tests(tmp_path, capsys):
     ]
 
 
+@pytest.mark.slow
 def test_label_tiny_file(tmp_path, capsys):
     body = canonical("HumanEval/2")
     rollouts = write_lines(tmp_path / "r.jsonl", [
@@ -132,6 +133,7 @@ def test_unreadable_rollouts_file(tmp_path, capsys, name, data):
     assert str(rollouts) in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_sandbox_command(capsys):
     """`codevalue sandbox` prints the isolation that a sandbox with the same options has in force."""
     from codevalue.sandbox import Sandbox, describe_isolation
@@ -147,6 +149,7 @@ def test_sandbox_command(capsys):
     assert same_uid.sub("uid N", printed) == same_uid.sub("uid N", describe_isolation(iso))
 
 
+@pytest.mark.slow
 def test_cli_checks_then_codet_on_bundled_humaneval(tmp_path, capsys):
     """Real HumanEval/0 with its bundled generated tests: the canonical solution sits in the consensus."""
     labeled = write_lines(tmp_path / "labeled.jsonl", [
@@ -179,6 +182,7 @@ def test_version(capsys):
 
 
 @pytest.mark.parametrize("argv", [["problems", "humaneval"], ["problems", "humaneval", "--list"]])
+@pytest.mark.slow
 def test_closed_pipe_exits_quietly(argv):
     """`codevalue ... | head`: the reader is gone before the output is written; no traceback, no message."""
     proc = subprocess.Popen([sys.executable, "-m", "codevalue", *argv], stdout=subprocess.PIPE,
@@ -202,6 +206,7 @@ def test_every_default_is_shown_in_help(name):
     assert len(text) < 6000  # a summary of the options, not a manual (prune-replay printed its module docstring)
 
 
+@pytest.mark.slow
 def test_label_takes_a_positional_input_and_short_out(tmp_path, capsys):
     rollouts = write_lines(tmp_path / "r.jsonl", [
         {"problem_id": "HumanEval/0", "rollout_id": "c", "completion": "    return True\n"}])
@@ -254,6 +259,7 @@ def test_problems_show_apps_tests(capsys):
     assert f"-- test 0: input {first.tests[0].input!r}" in shown
 
 
+@pytest.mark.slow
 def test_humaneval_label_sidecar_records_the_mode_that_applies(tmp_path, capsys):
     rollouts = write_lines(tmp_path / "r.jsonl", [
         {"problem_id": "HumanEval/0", "rollout_id": "c", "completion": "    return True\n"}])
@@ -332,6 +338,7 @@ def run_inputs(tmp_path: Path) -> tuple[Path, Path]:
 TRAIN_TINY = ["--tiny", "1m", "--epochs", "1", "--batch-size", "4", "--max-length", "96", "--workers", "2", "--quiet"]
 
 
+@pytest.mark.slow
 def test_run_on_own_files_then_reuses_finished_stages(tmp_path, capsys):
     rollouts, tests = run_inputs(tmp_path)
     out = tmp_path / "run"
@@ -356,6 +363,7 @@ def test_run_on_own_files_then_reuses_finished_stages(tmp_path, capsys):
     assert report.stat().st_mtime_ns > before[0]
 
 
+@pytest.mark.slow
 def test_run_without_tests_skips_checks(tmp_path, capsys):
     rollouts, _ = run_inputs(tmp_path)
     argv = ["run", "--problems", "humaneval", "--rollouts", str(rollouts), "-o", str(tmp_path / "run"), *TRAIN_TINY]
@@ -465,6 +473,7 @@ def test_training_arguments_transformers_refuses_are_one_line_errors(tmp_path, c
     assert capsys.readouterr().err == "codevalue: error: training options: Your setup doesn't support bf16/gpu.\n"
 
 
+@pytest.mark.slow
 def test_commands_that_do_not_train_do_not_import_the_trainer():
     code = ("import sys; from codevalue.cli import main; main(['problems', 'humaneval']); "
             "print('codevalue.train' in sys.modules)")

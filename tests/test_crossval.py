@@ -119,6 +119,7 @@ def fake_trainer(calls: list, extra_train: list[str] | None = None, model_from: 
     return fake
 
 
+@pytest.mark.slow
 def test_crossval_scores_every_rollout_once_by_a_model_that_never_saw_it(run):
     _, out, scores, logs = run
     records = synthetic_targets()
@@ -153,6 +154,7 @@ def test_crossval_scores_every_rollout_once_by_a_model_that_never_saw_it(run):
         "fold 1/2: training on 12 rollouts of 3 problems", "fold 2/2: training on 12 rollouts of 3 problems"]
 
 
+@pytest.mark.slow
 def test_crossval_rerun_reuses_fold_models(run, tmp_path, monkeypatch):
     targets, _, _, _ = run
     out = copy_run(run, tmp_path)
@@ -171,6 +173,7 @@ def test_crossval_rerun_reuses_fold_models(run, tmp_path, monkeypatch):
     assert (out / "scores.jsonl").read_text() == before
 
 
+@pytest.mark.slow
 def test_crossval_tampered_sidecar_retrains_instead_of_reusing(run, tmp_path, monkeypatch):
     """A fold model whose sidecar claims a held-out problem never matches the training problems, so it is
     retrained, not reused: tampering with the files cannot reach the 'trained on problems it is asked to
@@ -193,6 +196,7 @@ def test_crossval_tampered_sidecar_retrains_instead_of_reusing(run, tmp_path, mo
         assert logs[2].startswith("fold 2/2: reusing")
 
 
+@pytest.mark.slow
 def test_crossval_refuses_a_model_trained_on_held_out_problems(run, tmp_path, monkeypatch):
     targets, _, _, _ = run
     out = copy_run(run, tmp_path)
@@ -205,6 +209,7 @@ def test_crossval_refuses_a_model_trained_on_held_out_problems(run, tmp_path, mo
     assert len(calls) == 1
 
 
+@pytest.mark.slow
 def test_crossval_rerun_with_new_folds_rescores(run, tmp_path, monkeypatch):
     targets, _, _, _ = run
     out = copy_run(run, tmp_path)
@@ -230,6 +235,7 @@ def test_crossval_needs_enough_problems(tmp_path):
         crossval(records, tmp_path / "out", make_args(tmp_path / "out"), folds=3, tiny="1m")
 
 
+@pytest.mark.slow
 def test_crossval_retrains_when_the_recipe_changes(run, tmp_path, monkeypatch):
     targets, original, _, _ = run
     out = copy_run(run, tmp_path)
@@ -244,6 +250,7 @@ def test_crossval_retrains_when_the_recipe_changes(run, tmp_path, monkeypatch):
     assert len(calls) == 2 and len([line for line in logs if "reusing" in line]) == 2  # same recipe: reused
 
 
+@pytest.mark.slow
 def test_crossval_train_fraction_trains_on_fewer_problems_and_scores_the_same_folds(run, tmp_path, monkeypatch):
     """Learning curves: with 6 problems in 2 folds each model sees 3; at fraction 1/3 it sees one of them (seeded),
     still scores its whole held-out fold, and the fraction is part of the recipe (no reuse across fractions)."""

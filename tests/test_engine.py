@@ -44,6 +44,7 @@ def _rows(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_another_rollouts_file_into_an_existing_output_is_refused(tmp_path):
     a = _write(tmp_path / "a.jsonl", [("a1", RIGHT), ("a2", WRONG)])
     b = _write(tmp_path / "b.jsonl", [("b1", RIGHT)])
@@ -55,6 +56,7 @@ def test_another_rollouts_file_into_an_existing_output_is_refused(tmp_path):
     assert out.read_bytes() == before  # the labels of a are still there
 
 
+@pytest.mark.slow
 def test_an_empty_rollouts_file_does_not_wipe_an_output(tmp_path):
     a = _write(tmp_path / "a.jsonl", [("a1", RIGHT)])
     out = tmp_path / "o.jsonl"
@@ -67,6 +69,7 @@ def test_an_empty_rollouts_file_does_not_wipe_an_output(tmp_path):
     assert out.read_bytes() == before
 
 
+@pytest.mark.slow
 def test_an_edited_completion_is_labelled_again(tmp_path):
     rollouts = _write(tmp_path / "r.jsonl", [("r1", RIGHT), ("r2", RIGHT)])
     out = tmp_path / "o.jsonl"
@@ -78,6 +81,7 @@ def test_an_edited_completion_is_labelled_again(tmp_path):
     assert [(r["completion"], r["verdict"]) for r in _rows(out)] == [(WRONG, "wrong_answer"), (RIGHT, "pass")]
 
 
+@pytest.mark.slow
 def test_other_tests_for_a_problem_are_never_answered_from_old_results(tmp_path):
     rollouts = _write(tmp_path / "r.jsonl", [("r1", RIGHT)])
     out = tmp_path / "o.jsonl"
@@ -93,6 +97,7 @@ def test_other_tests_for_a_problem_are_never_answered_from_old_results(tmp_path)
     assert _rows(out)[0]["verdict"] == "wrong_answer"
 
 
+@pytest.mark.slow
 def test_other_verdict_settings_are_refused_for_an_existing_output(tmp_path):
     rollouts = _write(tmp_path / "r.jsonl", [("r1", RIGHT)])
     out = tmp_path / "o.jsonl"
@@ -101,6 +106,7 @@ def test_other_verdict_settings_are_refused_for_an_existing_output(tmp_path):
         label_rollouts([_problem()], rollouts, out, LabelConfig(timeout=1.5, sandbox=CONFIG.sandbox), progress=False)
 
 
+@pytest.mark.slow
 def test_output_in_a_missing_directory_is_created(tmp_path):
     rollouts = _write(tmp_path / "r.jsonl", [("r1", RIGHT)])
     out = tmp_path / "new" / "deeper" / "o.jsonl"
@@ -124,6 +130,7 @@ def test_duplicate_rollout_ids_are_refused_before_running(tmp_path):
     assert not (tmp_path / "o.jsonl.programs.jsonl").exists()
 
 
+@pytest.mark.slow
 def test_identical_programs_run_once_and_every_rollout_gets_one_row(tmp_path):
     rows = [(f"r{i}", RIGHT if i % 3 else WRONG) for i in range(12)]
     rollouts = _write(tmp_path / "r.jsonl", rows)

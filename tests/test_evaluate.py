@@ -346,6 +346,7 @@ def is_png(path: Path) -> bool:
     return path.exists() and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow
 def test_evaluate_files_writes_report(tmp_path, two_critics):
     out = tmp_path / "report"
     results = evaluate_files(list(two_critics), out, published={"CodeT": 36.7})
@@ -366,6 +367,7 @@ def test_evaluate_files_writes_report(tmp_path, two_critics):
     assert results["bad"]["reranked_pass@1"]["mean"] == pytest.approx(100 * 1 / 3)
 
 
+@pytest.mark.slow
 def test_write_report_without_token_values(tmp_path):
     out = write_report({"x": evaluate_problems(hand_problems(difficulty=True))}, tmp_path / "r")
     assert is_png(out / "best_of_n.png") and is_png(out / "reliability.png")
@@ -379,6 +381,7 @@ def test_evaluate_files_names_must_match(tmp_path, two_critics):
         evaluate_files(list(two_critics), tmp_path / "r", names=["only"])
 
 
+@pytest.mark.slow
 def test_evaluate_files_same_stem_is_refused_unless_named(tmp_path):
     """Two files both called scores.jsonl would be one critic under one name: refused, and with --names
     both are evaluated, each on its own scores."""
@@ -403,6 +406,7 @@ def test_evaluate_files_empty_scores(tmp_path):
         evaluate_files([path], tmp_path / "r")
 
 
+@pytest.mark.slow
 def test_cli_evaluate(tmp_path, two_critics, capsys):
     out = tmp_path / "cli"
     assert main(["evaluate", *map(str, two_critics), "-o", str(out), "--names", "critic one", "critic two"]) == 0
@@ -425,6 +429,7 @@ def test_cli_evaluate_bad_input_exit_code(tmp_path, capsys):
 # duplicates, paired comparison, process-reward intervals
 
 
+@pytest.mark.slow
 def test_real_valued_scores_rank_like_any_monotone_transform_and_skip_calibration(tmp_path, capsys):
     problems = hand_problems(token_values=True)
     logprob_like = hand_problems(token_values=True)
@@ -449,6 +454,7 @@ def test_real_valued_scores_rank_like_any_monotone_transform_and_skip_calibratio
 
 
 @pytest.mark.parametrize("passed,word", [(False, "fails"), (True, "passes")])
+@pytest.mark.slow
 def test_every_rollout_fails_or_passes_is_reported(tmp_path, capsys, passed, word):
     recs = score_records({"A": [0.9, 0.2, 0.4], "B": [0.1, 0.3]})
     for r in recs:
@@ -481,6 +487,7 @@ def test_bad_numbers_refused_naming_file_record_field(tmp_path, capsys, field, b
     assert len(err.splitlines()) == 1 and "record 2, field" in err
 
 
+@pytest.mark.slow
 def test_duplicate_rollout_id_refused(tmp_path):
     recs = score_records({"A": [0.9, 0.2], "B": [0.1, 0.3]})
     recs[3]["rollout_id"] = "B/0"
@@ -492,6 +499,7 @@ def test_duplicate_rollout_id_refused(tmp_path):
     assert evaluate_files([write_lines(tmp_path / "s.jsonl", recs)], tmp_path / "r")["s"]["rollouts"] == 4
 
 
+@pytest.mark.slow
 def test_different_rollout_sets_evaluated_on_the_shared_ones(tmp_path, capsys):
     first = score_records({"A": [0.9, 0.2, 0.4, 0.6], "B": [0.1, 0.3, 0.8, 0.5], "C": [0.7, 0.6, 0.2, 0.9]})
     # the second file lacks problem A and B's last rollout, and has a problem D the first never scored
@@ -533,6 +541,7 @@ def test_shared_rollout_must_agree_on_pass(tmp_path):
         evaluate_files(paths, tmp_path / "r")
 
 
+@pytest.mark.slow
 def test_several_files_need_rollout_ids(tmp_path):
     recs = score_records({"A": [0.9, 0.2]})
     del recs[1]["rollout_id"]
@@ -564,6 +573,7 @@ def test_paired_comparison_by_hand(tmp_path):
     assert same["difference_pass@1"] == {"mean": 0.0, "ci_low": 0.0, "ci_high": 0.0} and same["ties"] == 1.0
 
 
+@pytest.mark.slow
 def test_paired_comparison_in_report_and_metrics(tmp_path, two_critics):
     out = tmp_path / "r"
     results = evaluate_files(list(two_critics), out)
@@ -595,6 +605,7 @@ def test_process_reward_has_intervals():
     assert prm["1.0"]["auroc_mean_per_problem_ci"] == pytest.approx(m["auroc_mean_per_problem_ci"])
 
 
+@pytest.mark.slow
 def test_process_reward_table_shows_intervals(tmp_path):
     out = write_report({"x": evaluate_problems(hand_problems(token_values=True))}, tmp_path / "r")
     lo, hi = bootstrap_ci(np.array([1.0, 0.0, 0.0, 0.5]))

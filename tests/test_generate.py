@@ -107,6 +107,7 @@ def check_tree(recs, k, m, prompts):
 # HF backend
 
 
+@pytest.mark.slow
 def test_hf_tree_structure(tree_file, humaneval2):
     recs = records(tree_file)
     check_tree(recs, K, M, {p.problem_id: p.prompt for p in humaneval2})
@@ -116,6 +117,7 @@ def test_hf_tree_structure(tree_file, humaneval2):
     assert r["sampling"]["logprobs"] == "model" and r["sampling"]["branches"] == K
 
 
+@pytest.mark.slow
 def test_hf_logprobs_are_the_models_own(gen, model, tok):
     # two prompts of different lengths: left padding must not change anything
     prompts = ["def add(a, b):\n    return", "import os\n\n\ndef main(argv):\n    \"\"\"Entry point.\"\"\"\n"]
@@ -135,6 +137,7 @@ def test_hf_logprobs_are_the_models_own(gen, model, tok):
     assert [s.text for s in other] != [s.text for s in samples]
 
 
+@pytest.mark.slow
 def test_hf_stop_sequences_trim_text_and_tokens(gen, humaneval2, tmp_path):
     stop = tuple("aeiou")  # a random model meets one of these within a few tokens
     out = tmp_path / "r.jsonl"
@@ -153,6 +156,7 @@ def test_hf_stop_sequences_trim_text_and_tokens(gen, humaneval2, tmp_path):
             assert r["completion"] == main["completion"][:off] + "".join(r["tokens"])
 
 
+@pytest.mark.slow
 def test_plain_mode(gen, humaneval2, tmp_path):
     out = tmp_path / "plain.jsonl"
     generate_rollouts(humaneval2, gen, out, GenerateConfig(mode="plain", samples=3, max_new_tokens=8),
@@ -163,6 +167,7 @@ def test_plain_mode(gen, humaneval2, tmp_path):
     assert GenerateConfig(branches=6, per_branch=6).samples == 37
 
 
+@pytest.mark.slow
 def test_resume_skips_complete_problems_and_redoes_torn_ones(tree_file, gen, humaneval2, tmp_path):
     out = tmp_path / "resumed.jsonl"
     lines = tree_file.read_text().splitlines(keepends=True)
@@ -367,6 +372,7 @@ def test_endpoint_without_logprobs_is_an_error(server):
 # CLI and the composed pipeline
 
 
+@pytest.mark.slow
 def test_cli_generate(model, tok, tmp_path, capsys):
     model.save_pretrained(tmp_path / "lm")
     tok.save_pretrained(tmp_path / "lm")
@@ -382,6 +388,7 @@ def test_cli_generate(model, tok, tmp_path, capsys):
         parser.parse_args(["generate", "--problems", "humaneval", "-o", "x"])  # a model or an endpoint
 
 
+@pytest.mark.slow
 def test_generate_then_label_then_targets(tree_file, humaneval2, tmp_path):
     """Generated files feed `label` and `targets` with no glue (the programs run only in the sandbox)."""
     from codevalue.labels import LabelConfig, label_rollouts

@@ -324,6 +324,7 @@ def labelled(request, tmp_path_factory):
     return mode, records, out, summary
 
 
+@pytest.mark.slow
 def test_label_verdicts(labelled):
     mode, records, out, summary = labelled
     m = MODES.index(mode)
@@ -352,6 +353,7 @@ def test_label_verdicts(labelled):
         assert got["stdin-reversed"]["first_failure"]["reason"] == 'line 1: expected "3", got "2"'
 
 
+@pytest.mark.slow
 def test_label_output_order_fields_and_dedupe(labelled):
     mode, records, out, summary = labelled
     lines = [r for _, r in _read(out)]
@@ -373,6 +375,7 @@ def test_label_output_order_fields_and_dedupe(labelled):
     assert sum(summary["verdicts"].values()) == n and summary["verdicts"]["pass"] == n_pass
 
 
+@pytest.mark.slow
 def test_label_meta_sidecar(labelled):
     mode, records, out, summary = labelled
     meta_path = out.with_name("labelled.jsonl.meta.json")
@@ -423,6 +426,7 @@ def test_unknown_problem_names_the_line(tmp_path):
     assert e.value.line == 2
 
 
+@pytest.mark.slow
 def test_resume_after_an_interrupted_run(tmp_path):
     n, k = 5, 2
     rollouts = tmp_path / "r.jsonl"
@@ -453,6 +457,7 @@ def test_resume_after_an_interrupted_run(tmp_path):
     assert out.read_bytes() == before
 
 
+@pytest.mark.slow
 def test_programs_do_not_inherit_future_annotations(tmp_path):
     problem = Problem("ann", "apps", "stdin", tests=[Case("2\n", "4")])
     rollouts = tmp_path / "r.jsonl"

@@ -8,6 +8,8 @@ from codevalue.errors import CodevalueError
 from codevalue.model import load_backbone, load_tokenizer
 from codevalue.pretrain import corpus_files, pretrain_tiny_lm, token_blocks
 
+pytestmark = pytest.mark.slow  # trains
+
 
 def test_stdlib_corpus_skips_tests_and_installed_packages():
     files = corpus_files("stdlib")

@@ -45,6 +45,7 @@ HUMANEVAL_RECORD = {"task_id": "X/0", "prompt": "def f(x):\n", "entry_point": "f
     ("apps-intro-test", 221, {"call": 208, "stdin": 13}),
     ("apps-test-mixed", 449, {"call": 255, "stdin": 194}),
 ])
+@pytest.mark.slow
 def test_bundled_counts_match_the_data_readme(name, total, kinds):
     problems = load_problems(name)
     assert len(problems) == total
@@ -77,6 +78,7 @@ def test_codet_mbpp_problems_use_the_humaneval_layout():
     assert problems[0].check_code.startswith("def check(candidate):")
 
 
+@pytest.mark.slow
 def test_apps_ids_difficulties_and_starter_code():
     mixed = load_problems("apps-test-mixed")
     intro_test = load_problems("apps-intro-test")
@@ -94,6 +96,7 @@ def test_apps_ids_difficulties_and_starter_code():
 
 
 @pytest.mark.parametrize("name", ["apps-intro-train", "apps-intro-test", "apps-test-mixed"])
+@pytest.mark.slow
 def test_every_stdin_test_is_a_string(name):
     for p in load_problems(name):
         if p.kind == "stdin":

@@ -5,6 +5,7 @@ generated ones (derandomized, so a failure reproduces in CI and under mutation t
 """
 
 import json
+import os
 import string
 
 import pytest
@@ -14,7 +15,9 @@ from hypothesis import strategies as st
 from codevalue.compare import MODES, compare_call_result, compare_stdout
 from codevalue.targets import prefix_value_targets
 
-PROPERTY = settings(deadline=None, database=None, derandomize=True, max_examples=60)
+# 60 examples per property; `make test-fast` asks for fewer (CODEVALUE_PROPERTY_EXAMPLES)
+PROPERTY = settings(deadline=None, database=None, derandomize=True,
+                    max_examples=int(os.environ.get("CODEVALUE_PROPERTY_EXAMPLES", "60")))
 
 # printable text whose only line break is "\n": the APPS harness splits output with str.splitlines(), which also
 # breaks at \r, \v, \f, \x1c-\x1e, \x85, \u2028 and \u2029 (see test_apps_splits_lines_at_more_than_newline)

@@ -25,6 +25,8 @@ from codevalue.rewards import ExecutionReward, ValueReward, message_text, openrl
 from codevalue.sandbox import SandboxConfig
 from codevalue.serve import BackgroundServer, create_app
 
+pytestmark = pytest.mark.slow  # sandboxes, servers, a GRPO run
+
 WORKERS = SandboxConfig(workers=2)
 HUMANEVAL = {p.problem_id: p for p in load_problems("humaneval")}
 # A stdin problem with three tests whose third expected output is deliberately odd, so programs pass 0-3 of them.

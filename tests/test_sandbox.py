@@ -175,7 +175,8 @@ FUNCTION_CODE = {  # call-based problems and HumanEval-style check problems
 }
 
 
-@pytest.mark.parametrize("verdict", list(STDIN_CODE))
+@pytest.mark.parametrize("verdict", [pytest.param(v, marks=pytest.mark.slow) if v == "timeout" else v
+                                     for v in STDIN_CODE])  # a timeout waits for its limit: slow
 @pytest.mark.parametrize("problem,mode,style", HARNESSES)
 def test_every_verdict_in_every_harness(box, problem, mode, style, verdict):
     code = (STDIN_CODE if problem.kind == "stdin" else FUNCTION_CODE)[verdict]
@@ -312,6 +313,7 @@ HANGS = [  # (problem, mode, program)
 
 
 @pytest.mark.parametrize("problem,mode,code", HANGS)
+@pytest.mark.slow
 def test_uncooperative_hang_times_out_at_the_deadline(box, problem, mode, code):
     before = worker_pids(box)
     got, result = timed_label(box, problem, code, mode, deadline=KILL_DEADLINE)
@@ -326,6 +328,7 @@ def test_uncooperative_hang_times_out_at_the_deadline(box, problem, mode, code):
                  id="humaneval"),
     pytest.param(STDIN, "lcb", "import os, signal\nos.kill(os.getpid(), signal.SIGSTOP)", id="stdin-script"),
 ])
+@pytest.mark.slow
 def test_sigstop_self_times_out_at_the_deadline(dropped, problem, mode, code):
     start = time.monotonic()
     got, result = timed_label(dropped, problem, code, mode, deadline=KILL_DEADLINE)
@@ -356,6 +359,7 @@ FLOODS = [  # (problem, mode, program, verdict)
 
 
 @pytest.mark.parametrize("problem,mode,code,verdict", FLOODS)
+@pytest.mark.slow
 def test_output_flood(box, problem, mode, code, verdict):
     # time enough to produce 50 MB under a loaded machine's wall timer; the print loop must time out
     timeout = TIMEOUT if verdict == "timeout" else 2.0
@@ -371,6 +375,7 @@ def test_output_flood(box, problem, mode, code, verdict):
 CONTROL_CHARS = 4 * 2**20 - 16  # just under the output limit; each is 6 bytes of JSON (\u0001)
 
 
+@pytest.mark.slow
 def test_output_at_the_limit_is_read_in_time(box):
     problem = Problem("apps/control-chars", "apps", "stdin", tests=[Case("", "\x01" * CONTROL_CHARS)])
     code = f"import sys\nsys.stdout.write('\\x01' * {CONTROL_CHARS})"
@@ -391,6 +396,7 @@ BOMBS = [  # os.fork is None under the reliability guard of the humaneval/apps s
 
 @requires_root
 @pytest.mark.parametrize("problem,mode,code", BOMBS)
+@pytest.mark.slow
 def test_fork_bomb_leaves_nothing_behind(dropped, problem, mode, code):
     before = worker_pids(dropped)
     got, result = timed_label(dropped, problem, code, mode, deadline=KILL_DEADLINE)
@@ -612,6 +618,7 @@ def test_filesystem_writes_stay_private(box):
 
 
 @requires_root
+@pytest.mark.slow
 def test_files_left_in_tmp_do_not_reach_the_next_program():
     token = uuid.uuid4().hex
     with solo_box() as solo:
@@ -637,6 +644,7 @@ except OSError:
 
 
 @requires_root
+@pytest.mark.slow
 def test_filling_tmp_does_not_change_the_next_programs_verdict():
     with solo_box() as solo:
         filler = solo.run(Job(FILL_TMP, "stdin", "script", inputs=[""], timeout=5, deadline=6))
@@ -657,6 +665,7 @@ print(int(input()) ** 2)
 
 @requires_root
 @pytest.mark.parametrize("where", ["'.'", "'/tmp'"], ids=["work-dir", "tmp"])
+@pytest.mark.slow
 def test_deep_directory_tree_neither_breaks_the_verdict_nor_the_worker(where):
     with solo_box() as solo:
         got, result = label(solo, STDIN_ONE, DEEP_TREE.replace("WHERE", where), "lcb")
@@ -675,6 +684,7 @@ except OSError as e:
 """
 
 
+@pytest.mark.slow
 def test_environment_holds_none_of_the_callers_variables(monkeypatch):
     token = uuid.uuid4().hex
     monkeypatch.setenv("CODEVALUE_TEST_CANARY", token)
@@ -770,6 +780,7 @@ def test_bundled_expected_outputs_are_not_readable(box):
 
 
 @requires_root
+@pytest.mark.slow
 def test_hidden_paths_are_not_readable():
     """`hidden_paths` (label_rollouts passes its problems file) cover a file or a directory inside what
     programs see (here: files of the package, which is bound into their root); outside it, nothing is."""
@@ -825,6 +836,7 @@ SQUARES = Problem("apps/stdin-squares", "apps", "stdin",
 
 
 @pytest.mark.parametrize("code", CLOSES_STDIO)
+@pytest.mark.slow
 def test_script_style_program_closing_its_stdio_passes_every_test(box, code):
     assert script(box, code, "12\n") == "144\n"  # the first test always worked
     got, result = timed_label(box, SQUARES, code, "lcb")
@@ -869,6 +881,7 @@ SLOW_SQUARE = "import time\ntime.sleep(1.5)\nprint(int(input()) ** 2)"
 
 
 @requires_root
+@pytest.mark.slow
 def test_two_sandboxes_side_by_side_get_disjoint_uids_and_cannot_kill_each_other():
     """Two live sandboxes with the same uid_base (two Ray nodes on one machine): a program of one that kills
     every process its uid may (kill(-1)) must not reach a program running in the other."""
@@ -946,6 +959,7 @@ def peak_rss_kb(pid: int) -> int:
         return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
 
 
+@pytest.mark.slow
 def test_event_flood_on_the_result_channel_keeps_memory_bounded():
     with solo_box() as solo:
         pid = solo._workers[0].proc.pid
@@ -958,6 +972,7 @@ def test_event_flood_on_the_result_channel_keeps_memory_bounded():
 
 
 @requires_root
+@pytest.mark.slow
 def test_package_installed_under_tmp_still_runs_programs(tmp_path):
     """A checkout under /tmp (CI clones often live there) works: its package is bound again inside every
     fresh /tmp of the worker (also after a program left files there), and nothing else of it is visible."""
@@ -1091,6 +1106,7 @@ else:
 """
 
 
+@pytest.mark.slow
 def test_ipc_objects_do_not_reach_the_next_program():
     """SysV shared memory, message queues and semaphores, and POSIX message queues outlive the processes
     that made them; none may be there for the next program on the same worker."""
@@ -1119,6 +1135,7 @@ print(n * n)
 """
 
 
+@pytest.mark.slow
 def test_memory_limit_covers_all_processes_of_a_program():
     """Three children of 160 MB each, every one under a 256 MB limit: together they are over it."""
     with Sandbox(SandboxConfig(workers=1, uid_base=UID_BASE, memory_mb=256)) as small:
@@ -1132,6 +1149,7 @@ def test_memory_limit_covers_all_processes_of_a_program():
         assert_still_works(small)
 
 
+@pytest.mark.slow
 def test_memory_cgroup_is_removed_on_close():
     """The worker's cgroup is outside its view of the filesystem by then: it is removed by descriptor."""
     box = Sandbox(SandboxConfig(workers=1, uid_base=UID_BASE))
@@ -1212,6 +1230,7 @@ print(int(input()) ** 2)
 """
 
 
+@pytest.mark.slow
 def test_forged_giant_event_is_dropped_and_memory_stays_bounded():
     with solo_box() as solo:
         pid = solo._workers[0].proc.pid
@@ -1247,6 +1266,7 @@ def test_nested_event_does_not_break_a_caller_deep_in_its_stack(box):
     assert (got.verdict, result.infra_error) == ("pass", ""), (got, result)
 
 
+@pytest.mark.slow
 def test_set_order_is_the_same_in_every_sandbox():
     """Labels must not depend on which worker (or node) ran a program: string hashing is seeded alike."""
     program = "print(list({'alpha', 'beta', 'gamma', 'delta', 'epsilon', 'zeta', 'eta', 'theta', 'iota'}))"

@@ -179,6 +179,7 @@ def targets_records(n_problems: int = 10) -> list[dict]:
     return records
 
 
+@pytest.mark.slow
 def test_cli_train_then_score(tmp_path, capsys):
     torch.manual_seed(0)
     targets = write_lines(tmp_path / "targets.jsonl", targets_records())
@@ -202,6 +203,7 @@ def test_cli_train_then_score(tmp_path, capsys):
     assert all(len(r["token_values"]) == len(r["token_offsets"]) for r in recs)
 
 
+@pytest.mark.slow
 def test_cli_quiet_silences_the_weight_loading_bar(tmp_path, model_dir, capsys):
     rollouts = write_lines(tmp_path / "r.jsonl", ROLLOUTS)
     assert main(["score", str(model_dir), str(rollouts), "-o", str(tmp_path / "s.jsonl"), "--problems", "humaneval",
@@ -229,6 +231,7 @@ starts_a_ray_cluster = pytest.mark.skipif(importlib.util.find_spec("ray") is Non
 
 
 @starts_a_ray_cluster
+@pytest.mark.slow
 def test_score_on_a_local_ray_cluster_equals_local_scoring(tmp_path, model_dir, monkeypatch, capsys):
     """`codevalue score --ray local` starts a one-node cluster on 127.0.0.1; two replicas share the chunks and
     the output is byte for byte the local one (same chunks, same order, same records)."""

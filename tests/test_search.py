@@ -156,6 +156,7 @@ def test_prune_replay_rows(tmp_path):
     assert all(0 < r["tokens_generated_fraction"] < 1 for r in refill)
 
 
+@pytest.mark.slow
 def test_prune_replay_cli(tmp_path, capsys):
     scores = write_lines(tmp_path / "scores.jsonl", records())
     assert run_cli(["prune-replay", str(scores), "-o", str(tmp_path / "out"), "--every", "2", "4",
@@ -216,6 +217,7 @@ def vm(model_dir):
     return ValueModel.from_pretrained(model_dir, device="cpu")
 
 
+@pytest.mark.slow
 def test_rerank_with_a_model(tmp_path, vm, model_dir):
     completions = ["    return sorted(numbers) == numbers\n", "    return False\n", "    return True\n",
                    "    pass\n"]
@@ -269,6 +271,7 @@ class HashValues:
 PROMPT = "def add(a, b):\n"
 
 
+@pytest.mark.slow
 def test_generation_without_pruning(policy, tok):
     g = generate_with_pruning(policy, tok, HashValues(), PROMPT, n=4, every=4, max_new_tokens=12, seed=0)
     assert g.rounds == 3 and len(g.candidates) == 4
@@ -301,6 +304,7 @@ def test_generation_never_prunes_everything(policy, tok):
     assert sorted(c.tokens for c in g.candidates) == [4, 4, 12]
 
 
+@pytest.mark.slow
 def test_generation_refill_spends_the_budget(policy, tok):
     g = generate_with_pruning(policy, tok, HashValues(), PROMPT, n=4, every=4, max_new_tokens=12, top_k=2,
                               refill=True, budget_tokens=48, max_rollouts=8, seed=0)
@@ -311,6 +315,7 @@ def test_generation_refill_spends_the_budget(policy, tok):
     assert all(c.status in ("length", "pruned") for c in g.candidates)
 
 
+@pytest.mark.slow
 def test_generation_refill_stops_when_the_budget_is_spent(policy, tok):
     """A pruned rollout is replaced only while fewer than `budget_tokens` tokens were generated."""
     def run(budget):
@@ -339,6 +344,7 @@ class EndAfter(LogitsProcessor):
         return scores
 
 
+@pytest.mark.slow
 def test_generation_end_token_and_stop_sequences(policy, tok):
     n_prompt = len(tok(PROMPT)["input_ids"])
     values = HashValues()
@@ -358,6 +364,7 @@ def test_generation_end_token_and_stop_sequences(policy, tok):
     assert c.status == "finished" and c.text == text[:text.find(stop)] and c.tokens <= 8
 
 
+@pytest.mark.slow
 def test_generation_with_a_real_value_model(policy, tok, vm):
     g = generate_with_pruning(policy, tok, vm, PROMPT, n=3, every=4, max_new_tokens=8, top_k=2, seed=0)
     for c in g.survivors:
@@ -366,6 +373,7 @@ def test_generation_with_a_real_value_model(policy, tok, vm):
     assert len(pruned) == 1 and pruned[0].pruned_at == 4
 
 
+@pytest.mark.slow
 def test_generate_prune_with_cli_writes_every_candidate(tmp_path):
     """`codevalue generate --prune-with`: top-k pruning every T tokens, each candidate one rollout line."""
     import json

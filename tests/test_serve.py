@@ -13,6 +13,8 @@ from codevalue.cli import build_parser, cmd_serve
 from codevalue.model import InputSpec, ValueModel, build_tiny_model, load_tokenizer
 from codevalue.serve import BackgroundServer, create_app, forward_passes, split_query
 
+pytestmark = pytest.mark.slow  # starts servers
+
 PAIRS = [
     ("def add(a, b):\n", "    return a + b\n"),
     ("def add(a, b):\n", "    return a - b\n"),

@@ -1,0 +1,22 @@
+"""Collection rules for the whole checkout (tests/ and the doctests of codevalue/), to keep `make test-fast` fast.
+
+- A module of codevalue/ without `>>>` holds no doctest: it is not imported to look for one (codevalue.train
+  alone imports the transformers Trainer, seconds).
+- When slow tests are deselected (`-m "not slow"`, `make test-fast`), a test module whose source marks it slow
+  as a whole (`pytestmark = pytest.mark.slow`) is not imported either: it would only deselect everything.
+"""
+
+from pathlib import Path
+
+ROOT = Path(__file__).parent
+WHOLE_MODULE_SLOW = "pytestmark = pytest.mark.slow"
+
+
+def pytest_ignore_collect(collection_path: Path, config):
+    if collection_path.suffix != ".py" or collection_path.name == "conftest.py":
+        return None
+    if collection_path.parent == ROOT / "codevalue":
+        return ">>>" not in collection_path.read_text(encoding="utf-8") or None
+    if collection_path.parent == ROOT / "tests" and config.getoption("markexpr", "") == "not slow":
+        return WHOLE_MODULE_SLOW in collection_path.read_text(encoding="utf-8") or None
+    return None
