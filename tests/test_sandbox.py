@@ -877,7 +877,15 @@ def test_isolation_report(box):
     assert "subreaper" in iso["cleanup"]
 
 
-SLOW_SQUARE = "import time\ntime.sleep(1.5)\nprint(int(input()) ** 2)"
+SLOW_SQUARE = "import time\ntime.sleep(4)\nprint(int(input()) ** 2)"
+
+
+def wait_for_processes_of(uid: int, within: float = 30.0) -> None:
+    """Return once a process of `uid` runs (a program of the sandbox that owns that uid has started)."""
+    deadline = time.monotonic() + within
+    while not processes_of((uid,)):
+        assert time.monotonic() < deadline, f"no process of uid {uid} within {within} s"
+        time.sleep(0.01)
 
 
 @requires_root
@@ -892,11 +900,13 @@ def test_two_sandboxes_side_by_side_get_disjoint_uids_and_cannot_kill_each_other
         uids = [w.isolation["uid"] for box in (first, second) for w in box._workers]
         assert all(box.isolation["uid_drop"] for box in (first, second))
         slow: list = []
-        runner = threading.Thread(target=lambda: slow.append(label(second, STDIN_ONE, SLOW_SQUARE, "lcb", timeout=3.0,
-                                                                   deadline=6.0)))
+        runner = threading.Thread(target=lambda: slow.append(label(second, STDIN_ONE, SLOW_SQUARE, "lcb", timeout=6.0,
+                                                                   deadline=8.0)))
         runner.start()
-        time.sleep(0.5)  # the slow program is sleeping in the second sandbox now
+        wait_for_processes_of(second.isolation["uids"][0])  # the slow program runs in the second sandbox now
         killer, _ = label(first, STDIN_ONE, "import os\nos.kill(-1, 9)\n" + STDIN_CODE["pass"], "lcb")
+        # the slow program (4 s of sleep; the killer takes a fraction of that) outlived kill(-1)
+        assert processes_of(tuple(second.isolation["uids"])), "kill(-1) reached the other sandbox's program"
         runner.join()
         assert killer.verdict == "pass"  # kill(-1) as its own uid reached nothing it cares about
         assert slow[0][0].verdict == "pass", slow[0]
@@ -964,11 +974,33 @@ def test_event_flood_on_the_result_channel_keeps_memory_bounded():
     with solo_box() as solo:
         pid = solo._workers[0].proc.pid
         before = peak_rss_kb(pid)
-        result = solo.run(Job(EVENT_FLOOD, "stdin", "script", inputs=[""], timeout=TIMEOUT, deadline=3.0))
+        # apps style: the program writes on the harness's own channel, and swallows the per-test alarm
+        result = solo.run(Job(EVENT_FLOOD, "stdin", "apps", inputs=[""], timeout=TIMEOUT, deadline=3.0))
         grown_mb = (peak_rss_kb(pid) - before) / 1024
-    # the test process is killed at its per-test wall limit (or the worker's deadline), never a pass
-    assert result.tests[0].status in ("timeout", "missing"), result
+    # Splitting 256 MiB of 3-byte lines takes the worker far longer than 3 s: the deadline stops the program,
+    # not the channel's byte cap (a flood of long lines, below, is stopped by its length at once).
+    assert (result.deadline_hit, result.flooded, result.tests[0].status) == (True, False, "missing"), result
+    got = judge(STDIN_ONE, result, "apps")
+    assert (got.verdict, got.first_failure["reason"]) == ("timeout", "wall-clock limit for the program reached"), got
     assert grown_mb < 32, f"the worker grew by {grown_mb:.0f} MB on a 3 s flood of empty events"
+
+
+OVERSIZE_EVENT = """
+import os
+chunk = b"x" * 2**20
+while True:
+    os.write(3, chunk)
+"""
+
+
+def test_a_line_longer_than_any_event_is_a_flood(box):
+    """A result-channel line longer than any honest event (6 bytes per output character) stops the reading at
+    once: the program is killed and judged a runtime error that says why, long before any time limit."""
+    got, result = timed_label(box, STDIN_ONE, OVERSIZE_EVENT, "apps", timeout=30, deadline=60)
+    assert result.flooded and not result.deadline_hit, result
+    assert (got.verdict, got.first_failure["reason"]) == ("runtime_error", "flooded the result channel"), got
+    assert result.infra_error == "", result  # killed (SIGKILL, or SIGPIPE once the worker closed the channel)
+    assert_still_works(box)
 
 
 @requires_root
