@@ -280,14 +280,15 @@ Reward = ExecutionReward | ValueReward
 
 
 def openrlhf_reward_func(reward: Reward, strip: Sequence[str] = ()) -> Callable[..., dict[str, Any]]:
-    """OpenRLHF's `reward_func(queries, prompts, labels)`, for `--remote_rm_url reward.py` where reward.py says
+    """OpenRLHF's `reward_func(queries, prompts, labels)`, for `--reward.remote_url reward.py --data.label_key
+    problem_id` (OpenRLHF 0.11; `--remote_rm_url`, `--label_key` before) where reward.py says
     `reward_func = openrlhf_reward_func(ExecutionReward("humaneval"), strip=[tokenizer.eos_token])`.
 
     Call site (OpenRLHF 0.11.0, openrlhf/utils/agent.py, SingleTurnAgentExecutor._fetch_rewards_via_func):
         asyncio.to_thread(self.reward_func, queries_list[start_idx:end_idx], prompts_list[start_idx:end_idx],
                           labels_list[start_idx:end_idx])
     one query per call, from concurrent threads; a query is `hf_tokenizer.decode(prompt + response tokens,
-    skip_special_tokens=False)`, a label the dataset's `--label_key` field (here: the problem id). It reads
+    skip_special_tokens=False)`, a label the dataset's `--data.label_key` field (the problem id). It reads
     `rewards_info.get("rewards")`, `.get("scores")` (dynamic filtering, in [0, 1]) and `.get("extra_logs")`,
     each of whose values becomes `torch.tensor([value.flatten()[0].item()])` (samples_generator.py), so all
     three are tensors with one value per query, as in OpenRLHF's examples/python/reward_func.py.
