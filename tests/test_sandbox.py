@@ -1308,3 +1308,77 @@ def test_set_order_is_the_same_in_every_sandbox():
             result = box.run(Job(program, "stdin", "script", inputs=[""]))
             seen.add(result.tests[0].stdout)
     assert len(seen) == 1 and None not in seen
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Workers that die, runs that are interrupted
+
+SQUARE = "print(int(input()) ** 2)"
+
+
+@contextlib.contextmanager
+def workers_killed_after_send(monkeypatch) -> Iterator[dict]:
+    """While active, each job handed to a worker is followed at once by SIGKILL to that worker (as long as
+    `kills["left"]` > 0): the worker dies mid-job, from outside, whatever the program does."""
+    import codevalue.sandbox as sandbox_mod
+
+    kills = {"left": 0, "done": 0}
+    real_send = sandbox_mod._Worker.send
+
+    def send_then_kill(self, job_id, job, nonce, config):
+        real_send(self, job_id, job, nonce, config)
+        if kills["left"] > 0:
+            kills["left"] -= 1
+            kills["done"] += 1
+            os.kill(self.proc.pid, signal.SIGKILL)
+
+    monkeypatch.setattr(sandbox_mod._Worker, "send", send_then_kill)
+    yield kills
+
+
+def test_a_worker_that_dies_is_replaced_and_the_job_retried_once(monkeypatch):
+    """One death: a new worker runs the program again and its real verdict comes back. Two deaths of the same
+    job: an infra_error result, never a verdict about the program and never a third try. The sandbox keeps
+    working afterwards."""
+    with workers_killed_after_send(monkeypatch) as kills, solo_box() as solo:
+        first = worker_pids(solo)
+        kills["left"] = 1
+        got, result = label(solo, STDIN_ONE, SQUARE, "lcb")
+        assert (got.verdict, result.infra_error, kills["done"]) == ("pass", "", 1), (got, result)
+        assert worker_pids(solo) != first  # replaced
+
+        kills.update(left=3, done=0)  # every try of the next job loses its worker; a third try would pass
+        got, result = label(solo, STDIN_ONE, SQUARE, "lcb")
+        assert result.infra_error.startswith("sandbox worker died"), result
+        assert (got.verdict, got.passed) == ("infra_error", False), got
+        assert kills == {"left": 1, "done": 2}  # two tries, no third
+
+        kills["left"] = 0
+        assert label(solo, STDIN, SQUARE, "lcb")[0].verdict == "pass"
+
+
+@pytest.mark.slow
+def test_a_sandbox_interrupted_mid_run_starts_afresh():
+    """Ctrl-C while a program runs (KeyboardInterrupt raised inside `map`, here at the point where the caller
+    holds the first result): every worker is stopped, no program of the sandbox survives, and the next run
+    starts new workers whose results belong to the new jobs (not the abandoned program's)."""
+    config = SandboxConfig(workers=2, uid_base=UID_BASE)
+    sleeper = Job("import time\ntime.sleep(60)\nprint(1)", "stdin", "script", inputs=[""], timeout=90, deadline=90)
+    quick = Job(SQUARE, "stdin", "script", inputs=["7"], timeout=10, deadline=20)
+    with Sandbox(config) as sb:
+        before, uids = worker_pids(sb), tuple(sb.isolation["uids"])
+        results = sb.map([sleeper, quick])
+        job, result = next(results)  # the quick one: the sleeper has 60 s to go
+        assert (job, result.tests[0].stdout) == (quick, "49\n"), result
+        with pytest.raises(KeyboardInterrupt):
+            results.throw(KeyboardInterrupt)
+        assert sb._workers == []  # stopped, not left half-used
+        if IS_ROOT:  # the sleeper ran as a sandbox uid: its processes die with their worker (parent-death signal)
+            deadline = time.monotonic() + 30  # the sleeper itself would live 60 s
+            while processes_of(uids):
+                assert time.monotonic() < deadline, f"still running: {processes_of(uids)}"
+                time.sleep(0.01)
+        for n in (3, 5):  # twice: both new workers serve, each with its own job's result
+            again = sb.run(Job(SQUARE, "stdin", "script", inputs=[str(n)], timeout=10, deadline=20))
+            assert (again.tests[0].stdout, again.completed, again.infra_error) == (f"{n * n}\n", True, ""), again
+        assert set(worker_pids(sb)).isdisjoint(before)
