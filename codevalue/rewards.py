@@ -36,7 +36,7 @@ from .errors import CodevalueError
 from .labels import Label, LabelConfig, judge, make_job
 from .problems import Problem, load_problems
 from .rollouts import program_for
-from .sandbox import ExecutionResult, Sandbox, SandboxConfig
+from .sandbox import ExecutionResult, Job, Sandbox, SandboxConfig
 
 logger = logging.getLogger(__name__)
 
@@ -159,7 +159,7 @@ class ExecutionReward:
         mode = self.config.mode
         keys = [(problem.problem_id, program) for problem, program in items]
         by_key: dict[tuple[str, str], Label] = {}
-        jobs = {}
+        jobs: dict[tuple[str, str], Job] = {}
         for (problem, program), key in zip(items, keys, strict=True):
             if problem.n_tests == 0:  # labelled without running, as `codevalue label` does
                 by_key[key] = judge(problem, ExecutionResult("missing"), mode)
@@ -175,7 +175,7 @@ class ExecutionReward:
                     self.programs_run += 1
         except Exception as e:  # noqa: BLE001 - a reward never ends the training step; the batch gets 0
             logger.error("execution reward: the sandbox failed (%s: %s); %d programs get reward 0 (infra_error); "
-                         "it restarts on the next call", type(e).__name__, e, len(jobs) - len(by_key))
+                         "it restarts on the next call", type(e).__name__, e, sum(k not in by_key for k in jobs))
             self._discard_sandbox()
             failed = ExecutionResult("missing", infra_error=f"sandbox failed: {type(e).__name__}: {e}"[:300])
             for key, job in jobs.items():
