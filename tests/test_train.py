@@ -609,3 +609,115 @@ def test_zero3_config_autos_are_filled_by_the_trainer(tmp_path):
     config.trainer_config_finalize(args, Model, num_training_steps=100)
     assert "auto" not in json.dumps(config.config)
     assert config.config["train_micro_batch_size_per_gpu"] == 2 and config.config["optimizer"]["params"]["lr"] == 1e-4
+
+
+# ---------------------------------------------------------------------------------------------------------
+# wiring: the ranking loss inside compute_loss, the command line's training options, --resume
+
+
+def grouped_batch(tok, records: list[dict], group_size: int) -> dict:
+    examples = [tokenize_example(tok, r, InputSpec(max_length=64)) for r in records]
+    groups = train_mod.make_groups(examples, [str(r["problem_id"]) for r in records], group_size, seed=0)
+    return train_mod.ValueCollator(tok.pad_token_id)(groups)
+
+
+@pytest.mark.slow  # builds trainers
+@pytest.mark.parametrize("rank_loss", ["listwise", "pairwise"])
+def test_compute_loss_adds_the_weighted_ranking_loss(tmp_path, tok, rank_loss):
+    """ValueTrainer.compute_loss = value loss + rank_weight x the chosen ranking loss of the final values of
+    each group (passing = verdict class 0), and the ranking term changes the gradients."""
+    from codevalue.model import build_tiny_model
+
+    records = synthetic_examples(3)
+    records += [dict(r, rollout_id=r["rollout_id"] + 2) for r in records]  # groups of 4: listwise != pairwise
+    batch = grouped_batch(tok, records, group_size=4)
+    model = build_tiny_model("1m", tok).eval()  # eval: no dropout, the same logits on every forward pass
+    with torch.no_grad():
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    rows = torch.arange(logits.shape[0])
+    final, passed = logits[rows, batch["last_index"], 0], batch["class_labels"] == 0
+    assert passed.sum() == 6 and len(passed) == 12  # each group: two passes, two fails
+    rank = train_mod.pairwise_loss if rank_loss == "pairwise" else train_mod.listwise_loss
+    expected_rank = rank(final, passed, batch["group_index"]).item()
+    assert expected_rank > 0
+    losses, grads = {}, {}
+    for weight in (0.0, 2.5):
+        args = run_args(tmp_path, rank_weight=weight, rank_loss=rank_loss, group_size=4, eval_strategy="no")
+        trainer = train_mod.ValueTrainer(model=model, args=args)
+        model.zero_grad()
+        loss = trainer.compute_loss(model, batch)
+        loss.backward()
+        losses[weight], grads[weight] = loss.item(), model.score.weight.grad.clone()
+    assert losses[0.0] == pytest.approx(value_loss(logits, batch["value_labels"]).item(), rel=1e-5)
+    assert losses[2.5] - losses[0.0] == pytest.approx(2.5 * expected_rank, rel=1e-4)
+    assert not torch.allclose(grads[2.5], grads[0.0])
+    # without groups (no group_index) the weight has nothing to rank: the value loss alone
+    flat = {k: v for k, v in batch.items() if k != "group_index"}
+    args = run_args(tmp_path, rank_weight=2.5, eval_strategy="no")
+    loss = train_mod.ValueTrainer(model=model, args=args).compute_loss(model, flat)
+    assert loss.item() == pytest.approx(losses[0.0], rel=1e-5)
+
+
+def test_train_command_options_reach_the_training_arguments(tmp_path):
+    from codevalue.cli import _training_args, build_parser
+
+    def targs(*argv):
+        return _training_args(build_parser().parse_args(["train", "t.jsonl", "-o", str(tmp_path), *argv]), tmp_path)
+
+    plain = targs()
+    assert (plain.train_last_layers, plain.lora_r, plain.rank_weight, plain.center_targets, plain.group_size,
+            plain.rank_loss) == (12, 0, 0.0, False, 0, "listwise")
+    assert targs("--full").train_last_layers == -1
+    assert targs("--train-last-layers", "3").train_last_layers == 3
+    assert (targs("--lora-r", "8").lora_r, targs("--lora-r", "8").train_last_layers) == (8, 12)
+    ranked = targs("--group-size", "4", "--rank-weight", "2.5", "--rank-loss", "pairwise", "--center-targets")
+    assert (ranked.group_size, ranked.rank_weight, ranked.rank_loss, ranked.center_targets) == (
+        4, 2.5, "pairwise", True)
+
+
+@pytest.mark.slow
+def test_center_targets_trains_on_relative_targets(tmp_path, tok, captured):
+    """--center-targets reaches the examples the trainer sees: 0.5 + (target - pass rate) / 2."""
+    from codevalue.cli import main
+
+    seen, capturing = captured
+    records = synthetic_examples(4)
+    capturing.probe = probe_batch(tok, records, InputSpec(max_length=64))[:2]
+    path = tmp_path / "t.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    for centred in (False, True):
+        argv = ["train", str(path), "--tiny", "1m", "-o", str(tmp_path / f"m{centred}"), "--epochs", "1",
+                "--eval-fraction", "0", "--max-length", "64", "--quiet"] + (["--center-targets"] if centred else [])
+        assert main(argv) == 0
+    plain, centre = ([x["value_labels"][-1] for x in t.train_dataset] for t in seen)
+    assert sorted(plain) == [0.0] * 4 + [1.0] * 4  # outcomes; every problem passes half of the time
+    assert sorted(centre) == [0.25] * 4 + [0.75] * 4
+    meta = json.loads((tmp_path / "mTrue" / "codevalue.json").read_text())
+    assert "relative" in json.dumps(meta)
+
+
+@pytest.mark.slow
+def test_train_resume_continues_from_the_last_checkpoint(tmp_path):
+    """`train --save-checkpoints` keeps a checkpoint per epoch; `--resume` starts from the last one. The
+    checkpoint is marked (its head weights shifted by 1) so that the resumed model shows it was loaded: the run
+    is already complete at that checkpoint, so no step changes the marked weights."""
+    from safetensors.torch import save_file
+
+    from codevalue.cli import main
+
+    path = tmp_path / "t.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in synthetic_examples(4)))
+    out = tmp_path / "model"
+    argv = ["train", str(path), "--tiny", "1m", "-o", str(out), "--epochs", "1", "--eval-fraction", "0",
+            "--max-length", "64", "--quiet", "--save-checkpoints"]
+    assert main([*argv, "--resume"]) == 0  # nothing to resume yet: a fresh run
+    [checkpoint] = (out / "checkpoints").glob("checkpoint-*")
+    trained = load_file(out / "model.safetensors")
+    weights = load_file(checkpoint / "model.safetensors")
+    assert torch.equal(weights["score.weight"], trained["score.weight"])
+    weights["score.weight"] = weights["score.weight"] + 1.0
+    save_file(weights, checkpoint / "model.safetensors", metadata={"format": "pt"})
+    assert main([*argv, "--resume"]) == 0
+    assert torch.equal(load_file(out / "model.safetensors")["score.weight"], weights["score.weight"])
+    assert main(argv) == 0  # without --resume: trained afresh, the marked checkpoint ignored
+    assert torch.equal(load_file(out / "model.safetensors")["score.weight"], trained["score.weight"])
