@@ -611,3 +611,64 @@ def test_process_reward_table_shows_intervals(tmp_path):
     lo, hi = bootstrap_ci(np.array([1.0, 0.0, 0.0, 0.5]))
     row = f"| 1.0 | 37.5 [{100 * lo:.1f}, {100 * hi:.1f}] | 0.484 | 0.583 ["
     assert row in (out / "report.md").read_text()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the resamples behind every interval (mutation testing found these unchecked)
+
+
+def resampled_means(x: np.ndarray, seed: int = 0) -> np.ndarray:
+    """The means of the 2000 resamples that bootstrap_ci draws with `seed` (one row of problem indices each)."""
+    return x[np.random.default_rng(seed).integers(0, len(x), size=(2000, len(x)))].mean(axis=1)
+
+
+def test_bootstrap_ci_defaults_are_2000_resamples_of_seed_0():
+    """Every interval of a report comes from the same rows: 2000 resamples drawn with seed 0, the 2.5th and
+    97.5th percentiles of their means (a continuous sample, so another seed, count or percentile shows)."""
+    x = np.random.default_rng(7).random(25)
+    means = resampled_means(x)
+    assert bootstrap_ci(x) == pytest.approx((np.percentile(means, 2.5), np.percentile(means, 97.5)), abs=1e-12)
+    assert bootstrap_ci(x, seed=5) == pytest.approx(
+        (np.percentile(resampled_means(x, 5), 2.5), np.percentile(resampled_means(x, 5), 97.5)), abs=1e-12)
+
+
+def random_critics(n_problems: int = 30, seed: int = 11) -> tuple[list[ProblemScores], list[ProblemScores]]:
+    """Two critics on the same rollouts (6 per problem, at least one pass and one fail each), values on a grid
+    of tenths: ties at the top make the per-problem differences fractions, not just -1, 0, 1."""
+    rng = np.random.default_rng(seed)
+    first, other = [], []
+    for i in range(n_problems):
+        passed = rng.random(6) < 0.5
+        passed[:2] = True, False
+        first.append(ProblemScores(f"P{i}", rng.integers(0, 4, 6) / 10, passed.copy()))
+        other.append(ProblemScores(f"P{i}", rng.integers(0, 4, 6) / 10, passed.copy()))
+    return first, other
+
+
+def test_paired_comparison_interval_is_the_seeded_bootstrap_of_the_differences():
+    first, other = random_critics()
+    diff = np.array([best_of_n(b.values, b.passed, 6) - best_of_n(a.values, a.passed, 6)
+                     for a, b in zip(first, other, strict=True)])
+    assert len(np.unique(diff)) > 3  # wins, ties and losses of different sizes
+    intervals = set()
+    for seed, kwargs in ((0, {}), (0, {"seed": 0}), (5, {"seed": 5})):
+        pair = paired_comparison(first, other, **kwargs)["difference_pass@1"]
+        means = resampled_means(diff, seed)
+        assert (pair["mean"], pair["ci_low"], pair["ci_high"]) == pytest.approx(
+            (100 * diff.mean(), 100 * np.percentile(means, 2.5), 100 * np.percentile(means, 97.5)), abs=1e-9)
+        intervals.add((pair["ci_low"], pair["ci_high"]))
+    assert len(intervals) == 2  # seed 5's interval differs from seed 0's: the check can tell seeds apart
+    m = paired_comparison(first, other)
+    assert (m["wins"], m["ties"], m["losses"]) == pytest.approx(
+        (np.mean(diff > 0), np.mean(diff == 0), np.mean(diff < 0)))
+
+
+def test_paired_comparison_refuses_rollouts_that_differ():
+    first, other = random_critics(4)
+    message = "paired_comparison needs the same rollouts in the same order (see share_rollouts)"
+    renamed = [ProblemScores(p.problem_id + "x", p.values, p.passed) for p in other]
+    flipped = [ProblemScores(p.problem_id, p.values, ~p.passed) for p in other]
+    for bad in (renamed, flipped, other[::-1], other[:3]):
+        with pytest.raises(ValueError) as e:
+            paired_comparison(first, bad)
+        assert str(e.value) == message
