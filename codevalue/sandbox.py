@@ -26,6 +26,7 @@ import selectors
 import subprocess
 import sys
 import tempfile
+import time
 from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
@@ -48,6 +49,9 @@ class SandboxConfig:
         "help": "characters of output per test before it is cut off"})
     max_processes: int = 64  # RLIMIT_NPROC for the sandbox uid (root only): stops fork bombs
     uid_base: int = 61000  # programs run as the first free uids >= uid_base, one per worker (root only)
+    # A worker with no result this many seconds after its job's wall deadline (which it enforces itself) is
+    # stuck: it is killed and replaced, and the job retried once, as when a worker dies.
+    stuck_seconds: float = 30.0
     # Files and directories programs must not read (problem files with expected outputs). The bundled
     # data is always hidden; `label_rollouts` and `run_checks` add the problems file they were given.
     hidden_paths: tuple[str, ...] = ()
@@ -243,6 +247,20 @@ class _Worker:
         self.stdout.close()
         self.log.close()
 
+    def kill(self) -> None:
+        """Stop a stuck worker: SIGKILL, then wait for it a little only (a process blocked in the kernel dies
+        when the kernel lets it; Popen reaps it later), and close its pipes."""
+        self.proc.kill()
+        try:
+            self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            pass
+        for f in (self.stdin, self.stdout, self.log):
+            try:
+                f.close()
+            except OSError:
+                pass
+
 
 class Sandbox:
     """A pool of warm workers. Use as a context manager; `map` runs many jobs on all cores."""
@@ -297,8 +315,10 @@ class Sandbox:
     def map(self, jobs: Iterable[Job]) -> Iterator[tuple[Job, ExecutionResult]]:
         """Run jobs on all workers; yield (job, result) as they finish (not in input order).
 
-        A worker that dies mid-job is replaced and the job retried once; a second loss is reported as
-        an infra_error result, never as a verdict about the program.
+        A worker that dies mid-job, or is stuck (no result `stuck_seconds` after the job's wall deadline,
+        which the worker enforces itself: then it is killed), is replaced and the job retried once; a
+        second loss is reported as an infra_error result, never as a verdict about the program. So no
+        call waits much longer than its jobs' deadlines plus `stuck_seconds`, whatever a worker does.
         """
         self.start()
         pending = iter(jobs)
@@ -308,6 +328,7 @@ class Sandbox:
         sel = selectors.DefaultSelector()
         idle = list(range(len(self._workers)))
         busy = 0
+        stuck_after: dict[int, float] = {}  # busy slot -> when (monotonic) its worker counts as stuck
 
         def submit(slot: int) -> bool:
             if retry:
@@ -325,7 +346,34 @@ class Sandbox:
                 self._workers[slot] = self._new_worker(slot)
                 self._workers[slot].send(job_id, job, nonce, self.config)
             sel.register(self._workers[slot].stdout, selectors.EVENT_READ, slot)
+            stuck_after[slot] = time.monotonic() + job.wall_deadline() + self.config.stuck_seconds
             return True
+
+        def release(slot: int) -> tuple[int, Job, str]:
+            """The job of `slot` is over (answered, or its worker died or is stuck): free the slot."""
+            nonlocal busy
+            worker = self._workers[slot]
+            sel.unregister(worker.stdout)
+            del stuck_after[slot]
+            assert worker.job is not None
+            taken, worker.job = worker.job, None
+            busy -= 1
+            idle.append(slot)
+            return taken
+
+        def lost(slot: int, job: Job, job_id: int, why: str, stuck: bool = False) -> ExecutionResult | None:
+            """The worker of `slot` is lost (it died, or is stuck: then it is killed): start a new one in its
+            place, and queue the job again, or, on its second loss, return its infra_error result."""
+            if stuck:
+                self._workers[slot].kill()
+            else:
+                self._workers[slot].close()
+            self._workers[slot] = self._new_worker(slot)
+            attempts[job_id] = attempts.get(job_id, 0) + 1
+            if attempts[job_id] < 2:
+                retry.append((job, job_id))
+                return None
+            return ExecutionResult(load_status="missing", infra_error=why)
 
         try:
             while True:
@@ -334,29 +382,34 @@ class Sandbox:
                     busy += 1
                 if busy == 0:
                     return
-                for key, _ in sel.select():
+                ready = sel.select(max(0.0, min(stuck_after.values()) - time.monotonic()))
+                answered = set()
+                for key, _ in ready:
                     slot = key.data
+                    answered.add(slot)
                     worker = self._workers[slot]
                     line = worker.stdout.readline()
-                    sel.unregister(worker.stdout)
-                    assert worker.job is not None
-                    job_id, job, nonce = worker.job
-                    worker.job = None
-                    busy -= 1
-                    idle.append(slot)
+                    job_id, job, nonce = release(slot)
                     if line:
                         yield job, _parse_result(job, nonce, line)
                         continue
                     # The worker died (it should not: programs run in its children). Replace it.
-                    tail = worker.stderr_tail()
-                    worker.close()
-                    self._workers[slot] = self._new_worker(slot)
-                    attempts[job_id] = attempts.get(job_id, 0) + 1
-                    if attempts[job_id] < 2:
-                        retry.append((job, job_id))
-                    else:
-                        yield job, ExecutionResult(load_status="missing",
-                                                   infra_error=f"sandbox worker died: {tail[-300:]}")
+                    failed = lost(slot, job, job_id, f"sandbox worker died: {worker.stderr_tail()[-300:]}")
+                    if failed is not None:
+                        yield job, failed
+                now = time.monotonic()
+                late = [s for s, t in stuck_after.items() if t <= now and s not in answered]
+                if late:  # a result that came while our caller held a yielded one is not late: next round
+                    answered.update(key.data for key, _ in sel.select(0))
+                for slot in [s for s in late if s not in answered]:
+                    # Stuck (stopped, or blocked in a clean-up the kernel does not finish): it gave no result
+                    # long after the deadline it enforces. Kill it (its programs die with it: parent-death
+                    # signal) and treat it as a worker that died.
+                    job_id, job, _ = release(slot)
+                    failed = lost(slot, job, job_id, f"sandbox worker stuck: no result {self.config.stuck_seconds:g} s "
+                                  f"after the program's {job.wall_deadline():g} s deadline; killed", stuck=True)
+                    if failed is not None:
+                        yield job, failed
         finally:
             sel.close()
             if busy:  # abandoned mid-run (e.g. KeyboardInterrupt): restart workers so none is half-used

@@ -1317,12 +1317,13 @@ SQUARE = "print(int(input()) ** 2)"
 
 
 @contextlib.contextmanager
-def workers_killed_after_send(monkeypatch) -> Iterator[dict]:
-    """While active, each job handed to a worker is followed at once by SIGKILL to that worker (as long as
-    `kills["left"]` > 0): the worker dies mid-job, from outside, whatever the program does."""
+def workers_killed_after_send(monkeypatch, sig: int = signal.SIGKILL) -> Iterator[dict]:
+    """While active, each job handed to a worker is followed at once by SIGKILL (or `sig`) to that worker (as
+    long as `kills["left"]` > 0): the worker dies (or, with SIGSTOP, hangs) mid-job, from outside, whatever
+    the program does. `kills["pids"]`: the workers signalled."""
     import codevalue.sandbox as sandbox_mod
 
-    kills = {"left": 0, "done": 0}
+    kills = {"left": 0, "done": 0, "pids": []}
     real_send = sandbox_mod._Worker.send
 
     def send_then_kill(self, job_id, job, nonce, config):
@@ -1330,7 +1331,8 @@ def workers_killed_after_send(monkeypatch) -> Iterator[dict]:
         if kills["left"] > 0:
             kills["left"] -= 1
             kills["done"] += 1
-            os.kill(self.proc.pid, signal.SIGKILL)
+            kills["pids"].append(self.proc.pid)
+            os.kill(self.proc.pid, sig)
 
     monkeypatch.setattr(sandbox_mod._Worker, "send", send_then_kill)
     yield kills
@@ -1351,9 +1353,34 @@ def test_a_worker_that_dies_is_replaced_and_the_job_retried_once(monkeypatch):
         got, result = label(solo, STDIN_ONE, SQUARE, "lcb")
         assert result.infra_error.startswith("sandbox worker died"), result
         assert (got.verdict, got.passed) == ("infra_error", False), got
-        assert kills == {"left": 1, "done": 2}  # two tries, no third
+        assert (kills["left"], kills["done"]) == (1, 2)  # two tries, no third
 
         kills["left"] = 0
+        assert label(solo, STDIN, SQUARE, "lcb")[0].verdict == "pass"
+
+
+def test_a_stuck_worker_is_killed_replaced_and_the_job_retried_once(monkeypatch):
+    """A worker that gives no result `stuck_seconds` after the job's wall deadline (here: stopped with SIGSTOP
+    right after it was handed the job) is treated as one that died: killed, replaced, the job retried once,
+    then infra_error. `map` never waits forever on it."""
+    stuck = 1.0
+    with (workers_killed_after_send(monkeypatch, signal.SIGSTOP) as stops,
+          Sandbox(SandboxConfig(workers=1, uid_base=UID_BASE, stuck_seconds=stuck)) as solo):
+        stops["left"] = 1
+        start = time.monotonic()
+        got, result = label(solo, STDIN_ONE, SQUARE, "lcb", deadline=KILL_DEADLINE)
+        took = time.monotonic() - start
+        assert (got.verdict, result.infra_error, stops["done"]) == ("pass", "", 1), (got, result)
+        assert KILL_DEADLINE + stuck <= took < KILL_DEADLINE + stuck + SLACK, took  # waited for deadline + stuck
+        assert stops["pids"][0] not in worker_pids(solo)
+        assert not os.path.exists(f"/proc/{stops['pids'][0]}")  # killed and reaped, not left stopped
+
+        stops.update(left=3, done=0)  # every try of the next job stops its worker: two tries, then infra_error
+        got, result = label(solo, STDIN_ONE, SQUARE, "lcb", deadline=KILL_DEADLINE)
+        assert result.infra_error.startswith("sandbox worker stuck: no result 1 s after"), result
+        assert (got.verdict, stops["left"], stops["done"]) == ("infra_error", 1, 2), (got, stops)
+
+        stops["left"] = 0
         assert label(solo, STDIN, SQUARE, "lcb")[0].verdict == "pass"
 
 
