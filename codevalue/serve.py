@@ -15,8 +15,11 @@ Endpoints (JSON in, JSON out):
     value in [0, 1]; `scores` is what OpenRLHF's dynamic filtering reads). OpenRLHF sends prompt + response
     concatenated in `query`; recent versions also send `prompts` (and `labels`, ignored here). When a query
     starts with its prompt, the model reads (prompt, rest of the query) exactly as in training; otherwise,
-    or when `prompts` is absent, the whole query is scored as the completion of an empty prompt. Trailing
-    end/padding token strings in a query are removed (the end token is appended by the model itself).
+    or when `prompts` is absent, the whole query is scored as the completion of an empty prompt. A query
+    that does not start with the prompt sent with it (e.g. a chat template changed the prompt's text) is
+    counted: `extra_logs.prompt_not_prefix` is 1 for it (a rate in OpenRLHF's logs), /health counts them,
+    and the log warns (at the 1st, 10th, 100th, ...). Trailing end/padding token strings in a query are
+    removed (the end token is appended by the model itself).
   - `GET /health`: `{"status": "ok", "model", "device", limits and batching counters}` (only `{"status": "ok"}`
     to a client without the key when a key is set).
 
@@ -24,10 +27,12 @@ Execution rewards (`codevalue serve [MODEL] --problems P`, `create_app(..., exec
 `/get_reward` then runs each response against the problem its `labels` entry names (OpenRLHF sends the
 dataset's `--label_key` field there) in a warm sandbox, exactly as `codevalue label` would
 (`codevalue.rewards`), and answers `{"rewards", "scores", "extra_logs": {"execution": [...], "passed": [...],
-"infra_error": [...], "value": [...] (with a model)}}`. With a model too, the reward is
-`(1 - combine) * execution + combine * value` (`--combine W`, default 0: execution alone), which stays in
-[0, 1]; without one, `/v1/score` answers 404. An unknown problem id or missing labels answer 422; a response
-that hangs costs at most its time limit; a sandbox failure gives reward 0 (verdict infra_error), not a 500.
+"infra_error": [...], "prompt_not_prefix": [...], "value": [...] (with a model)}}`. With a model too, the
+reward is `(1 - combine) * execution + combine * value` (`--combine W`, default 0: execution alone), which
+stays in [0, 1]; without one, `/v1/score` answers 404. An unknown problem id or missing labels answer 422; a
+response that hangs costs at most its time limit; a program the sandbox could not run gets `infra_reward`
+(0.0 by default: OpenRLHF needs a number) with `infra_error` 1, not a 500 (until the reward gives up after
+`max_infra_batches` such calls in a row: then 500).
 
 Concurrent requests are micro-batched: every item goes into one queue; a single worker takes up to
 `max_batch` items (waiting at most `max_wait_ms` for more after the first) and scores them on a separate
@@ -51,7 +56,10 @@ Authentication (for trainers on other machines): with `--api-key KEY` (or the en
 CODEVALUE_API_KEY, which keeps the key out of `ps`), every request but `GET /health` needs the header
 `Authorization: Bearer KEY`, else 401. The key is compared in constant time (hmac.compare_digest). It is a
 shared secret sent in the clear over plain HTTP: across untrusted networks put TLS in front (a reverse
-proxy, or uvicorn's own --ssl options). Without a key, keep the default loopback bind.
+proxy, or uvicorn's own --ssl options). Without a key, keep the default loopback bind. OpenRLHF's URL
+client (0.11, openrlhf/utils/agent.py: `session.post(url, json=data)`) sends no Authorization header, so it
+cannot use a keyed server as it is (every request 401): serve it on loopback, or put a proxy that adds the
+header in front.
 """
 
 # No `from __future__ import annotations`: FastAPI reads the endpoints' annotations (`Request`, imported
@@ -61,6 +69,7 @@ import asyncio
 import contextlib
 import hmac
 import json
+import logging
 import os
 import threading
 import time
@@ -246,6 +255,35 @@ def split_query(query: str, prompt: str | None, strip: Sequence[str] = ()) -> tu
     return "", query
 
 
+_not_prefix = {"count": 0}  # queries, in this process, that did not start with their prompt
+_not_prefix_lock = threading.Lock()
+logger = logging.getLogger(__name__)
+
+
+def split_queries(queries: Sequence[str], prompts: Sequence[str | None], strip: Sequence[str] = ()
+                  ) -> tuple[list[tuple[str, str]], list[float]]:
+    """`split_query` of every (query, prompt), and per query 1.0 when a prompt was given but the query does
+    not start with it, so that its whole text became the completion (0.0 otherwise). Such queries are counted
+    (`not_prefix_count()`) and logged at the 1st, 10th, 100th, ... occurrence."""
+    pairs = [split_query(q, p, strip) for q, p in zip(queries, prompts, strict=True)]
+    flags = [float(bool(p) and not pair[0]) for p, pair in zip(prompts, pairs, strict=True)]
+    if n := int(sum(flags)):
+        with _not_prefix_lock:
+            before = _not_prefix["count"]
+            _not_prefix["count"] = total = before + n
+        if len(str(total)) > len(str(before)):  # crossed 1, 10, 100, ...
+            k = flags.index(1.0)
+            logger.warning("%d queries so far did not start with their prompt and ran whole as the completion "
+                           "(e.g. prompt %r, query %r): check that the prompts sent are the decoded prompt tokens",
+                           total, (prompts[k] or "")[:80], queries[k][:80])
+    return pairs, flags
+
+
+def not_prefix_count() -> int:
+    """Queries, in this process, whose prompt was not the start of the query (see `split_queries`)."""
+    return _not_prefix["count"]
+
+
 def forward_passes(lengths: Sequence[int], max_items: int, max_padding: float = 0.25) -> list[list[int]]:
     """Indices grouped into forward passes: sorted by length, at most `max_items` each, and padding (every
     item padded to the pass's longest) at most `max_padding` times the pass's real tokens.
@@ -274,12 +312,14 @@ def create_app(value_model: ValueModel | None, *, max_items: int = DEFAULT_MAX_I
                max_wait_ms: float = DEFAULT_MAX_WAIT_MS, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
                model_name: str | None = None, forward_batch: int | None = None, max_padding: float = 0.25,
                api_key: str | None = None, execution: ExecutionReward | None = None, combine: float = 0.0,
-               strip: Sequence[str] = ()):
+               strip: Sequence[str] = (), infra_reward: float = 0.0):
     """The FastAPI app serving `value_model` (see the module docstring). `app.state.batcher` is the
     MicroBatcher (its counters show how requests were batched). With `api_key`, every path but /health
     answers 401 unless the request carries `Authorization: Bearer <api_key>`. With `execution`, /get_reward
     answers execution rewards, mixed with the model's values by `combine` (value_model may then be None);
     `strip`: end-token strings cut from queries besides the model's own end and padding tokens.
+    `infra_reward`: the execution reward of a program the sandbox could not run (JSON has no NaN that
+    OpenRLHF would read; `extra_logs.infra_error` marks it).
 
     A collected batch is sorted by length and cut into forward passes of at most `forward_batch` items
     (default: max_batch) whose padding adds at most `max_padding` (a fraction) to their real tokens, so a
@@ -304,7 +344,7 @@ def create_app(value_model: ValueModel | None, *, max_items: int = DEFAULT_MAX_I
     name = model_name or (str(vm.meta.get("backbone") or type(vm.model).__name__) if vm is not None else "execution")
     strip = [*strip, *(s for s in ({tok.eos_token, tok.pad_token} if tok is not None else ()) if s)]
     per_pass = forward_batch or max_batch
-    counters = {"forward_passes": 0}
+    counters = {"forward_passes": 0, "prompt_not_prefix": 0}
 
     def score_batch(prompts: list[str], completions: list[str], finished: bool) -> list[Score]:
         lengths = [min(n, vm.spec.max_length) for n in count_tokens(prompts, completions, [finished] * len(prompts))]
@@ -433,7 +473,9 @@ def create_app(value_model: ValueModel | None, *, max_items: int = DEFAULT_MAX_I
         if req.prompts is not None and len(req.prompts) != len(req.query):
             raise RequestError(422, f"{len(req.prompts)} prompts for {len(req.query)} queries")
         prompts = req.prompts or [None] * len(req.query)
-        items = [(*split_query(q, p, strip), True) for q, p in zip(req.query, prompts, strict=True)]
+        pairs, not_prefix = split_queries(req.query, prompts, strip)
+        counters["prompt_not_prefix"] += int(sum(not_prefix))
+        items = [(*pair, True) for pair in pairs]
         if execution is not None:
             if req.labels is None or len(req.labels) != len(req.query):
                 raise RequestError(422, "execution rewards need `labels`: the problem id of every query "
@@ -444,10 +486,11 @@ def create_app(value_model: ValueModel | None, *, max_items: int = DEFAULT_MAX_I
         await check_tokens(items)
         values = [s.final for s in await batcher.submit(items)] if vm is not None else None
         if execution is None:
-            return JSONResponse({"rewards": values, "scores": values})
+            return JSONResponse({"rewards": values, "scores": values, "extra_logs": {"prompt_not_prefix": not_prefix}})
         executed, logs = await asyncio.to_thread(execution.evaluate, [i[0] for i in items], [i[1] for i in items],
                                                  req.labels)
-        logs = {"execution": executed, **logs}
+        executed = [infra_reward if e is None else e for e in executed]  # JSON null would break OpenRLHF
+        logs = {"execution": executed, **logs, "prompt_not_prefix": not_prefix}
         rewards = executed
         if values is not None:
             logs["value"] = values
@@ -466,7 +509,8 @@ def create_app(value_model: ValueModel | None, *, max_items: int = DEFAULT_MAX_I
     async def health(request: Request):
         if not authorized(request):  # liveness for anyone, details for key holders
             return {"status": "ok"}
-        details: dict[str, Any] = {"status": "ok", "model": name, "max_items": max_items}
+        details: dict[str, Any] = {"status": "ok", "model": name, "max_items": max_items,
+                                   "prompt_not_prefix": counters["prompt_not_prefix"]}
         if execution is not None:
             details.update(problems=len(execution.problems), mode=execution.config.mode, shaping=execution.shaping,
                            combine=combine, programs_run=execution.programs_run, infra_errors=execution.infra_errors)

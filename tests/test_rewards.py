@@ -8,7 +8,10 @@ runs only in the project's sandbox (through `ExecutionReward` or `label_rollouts
 import asyncio
 import json
 import logging
+import pickle
 import threading
+import time
+from collections import defaultdict
 
 import httpx
 import pytest
@@ -21,8 +24,15 @@ from codevalue.labels import LabelConfig, label_rollouts
 from codevalue.model import InputSpec, ValueModel, build_tiny_model, load_tokenizer
 from codevalue.problems import Problem, load_problems
 from codevalue.problems import TestCase as Case
-from codevalue.rewards import ExecutionReward, ValueReward, message_text, openrlhf_reward_func, verl_compute_score
-from codevalue.sandbox import SandboxConfig
+from codevalue.rewards import (
+    ExecutionReward,
+    ValueReward,
+    message_text,
+    openrlhf_reward_func,
+    verl_batch_compute_score,
+    verl_compute_score,
+)
+from codevalue.sandbox import Sandbox, SandboxConfig
 from codevalue.serve import BackgroundServer, create_app
 
 pytestmark = pytest.mark.slow  # sandboxes, servers, a GRPO run
@@ -47,7 +57,10 @@ CASES = [
     ("double", "while True:\n    pass\n"),  # hangs: costs its time limit, then timeout
     ("double", "```python\nprint(2 * int(input()))\n```"),  # the fenced block is the program: a duplicate
 ]
-TIMEOUT = 0.5  # seconds per test, so the loop costs little
+# Seconds per test: the loop costs this much, and every other program here takes milliseconds, so verdicts
+# compared between two runs (the reward's and `codevalue label`'s) cannot differ by timing even on a loaded
+# machine (0.5 s could: a trivial program slowed 50x by load times out in one run and not the other).
+TIMEOUT = 2.0
 
 
 def labelled(tmp_path, cases, problems=PROBLEMS, name="r", **config):
@@ -118,42 +131,180 @@ def test_trl_call_takes_chats_and_extra_columns(reward):
         ExecutionReward(PROBLEMS, shaping="log")
 
 
-def test_a_failing_sandbox_gives_zero_and_a_logged_error_then_recovers(monkeypatch, caplog):
-    class BrokenSandbox:
-        def __init__(self, config):
-            pass
+class BrokenSandbox:
+    """A sandbox that cannot start (a machine without what the sandbox needs)."""
 
-        def start(self):
-            raise SandboxError("sandbox worker failed to start: test")
+    def __init__(self, config):
+        pass
 
-    with ExecutionReward(PROBLEMS, sandbox=WORKERS) as r:
+    def start(self):
+        raise SandboxError("sandbox worker failed to start: test")
+
+
+class FailingMidRun(Sandbox):
+    """A real sandbox whose `map` fails after its first result (the pool lost mid-run)."""
+
+    def map(self, jobs):
+        results = super().map(jobs)
+        yield next(results)
+        results.close()  # abandoned mid-run: the real map stops its workers
+        raise SandboxError("sandbox lost mid-run: test")
+
+
+TWO = {"prompts": ["p"] * 2, "completions": ["    return len(string)\n", "    return x + y\n"],
+       "problem_id": ["HumanEval/23", "HumanEval/53"]}  # both pass
+
+
+def test_a_sandbox_that_cannot_start_fails_at_enter(monkeypatch):
+    """A misconfigured machine fails when the reward is set up, not at the first training step."""
+    monkeypatch.setattr(rewards_mod, "Sandbox", BrokenSandbox)
+    with pytest.raises(SandboxError, match="failed to start: test"), ExecutionReward(PROBLEMS, sandbox=WORKERS):
+        pass
+
+
+def test_a_failing_sandbox_gives_infra_reward_and_a_logged_error_then_recovers(monkeypatch, caplog):
+    """Correct programs the sandbox could not run are not punished: TRL gets None (it leaves them out of the
+    step); the OpenRLHF and verl adapters, which need a number, give their infra_reward (0.0) and log
+    infra_error. The next call starts a new sandbox."""
+    with ExecutionReward(PROBLEMS, sandbox=WORKERS, max_infra_batches=4) as r:
         monkeypatch.setattr(rewards_mod, "Sandbox", BrokenSandbox)
+        r.close()
         with caplog.at_level(logging.WARNING, logger="codevalue.rewards"):
-            out = r(prompts=["p"] * 2, completions=["    return len(string)\n", "    return x + y\n"],
-                    problem_id=["HumanEval/23", "HumanEval/53"])
-        assert out == [0.0, 0.0]
+            out = r(**TWO)
+        assert out == [None, None]
         assert [v.verdict for v in r.last_verdicts] == ["infra_error", "infra_error"]
         assert "failed to start: test" in r.last_verdicts[0].first_failure["reason"]
         assert r.infra_errors == 2 and "the sandbox failed" in caplog.text
+        info = openrlhf_reward_func(r)(["q"], [""], ["HumanEval/23"])
+        assert (info["rewards"].tolist(), info["extra_logs"]["infra_error"].tolist()) == ([0.0], [1.0])
+        assert verl_compute_score(r, infra_reward=-1.0)(solution_str="    return 1\n", ground_truth="HumanEval/53"
+                                                         )["score"] == -1.0
         monkeypatch.undo()  # the next call starts a real sandbox
         assert r(prompts=["p"], completions=["    return len(string)\n"], problem_id=["HumanEval/23"]) == [1.0]
+    with ExecutionReward(PROBLEMS, sandbox=WORKERS, infra_reward=0.0) as r:
+        monkeypatch.setattr(rewards_mod, "Sandbox", BrokenSandbox)
+        r.close()
+        assert r(**TWO) == [0.0, 0.0]
 
 
-def test_concurrent_callers_share_one_sandbox(reward):
-    """OpenRLHF and verl call reward functions from many threads at once: each gets its own verdicts."""
+def test_a_sandbox_failing_mid_run_keeps_the_verdicts_it_gave(monkeypatch):
+    """The pool fails after one program ran: that program keeps its real verdict, the others are infra_error
+    (reward None), the broken sandbox is dropped and the next call starts a new one."""
+    with ExecutionReward(PROBLEMS, shaping="fraction", sandbox=WORKERS) as r:
+        monkeypatch.setattr(rewards_mod, "Sandbox", FailingMidRun)
+        r.close()
+        ids = ["HumanEval/23", "HumanEval/53", "double"]
+        out = r.rewards(ids, ["    return len(string)\n", "    return x - y\n", "print(2 * int(input()))\n"])
+        verdicts = [v.verdict for v in r.last_verdicts]
+        assert verdicts.count("infra_error") == 2, verdicts
+        [ran] = [i for i, v in enumerate(verdicts) if v != "infra_error"]
+        assert out[ran] == [1.0, 0.0, pytest.approx(2 / 3)][ran]
+        assert [out[i] for i in range(3) if i != ran] == [None, None]
+        assert "lost mid-run: test" in next(v for v in r.last_verdicts if v.verdict == "infra_error"
+                                             ).first_failure["reason"]
+        assert r._sandbox is None  # dropped
+        monkeypatch.undo()
+        assert r.rewards(ids[:1], ["    return len(string)\n"]) == [1.0]
+
+
+def test_the_reward_gives_up_after_max_infra_batches_calls_that_ran_nothing(monkeypatch):
+    """Calls in a row in which no program could run are counted; a call in which one ran resets the count; at
+    max_infra_batches the call raises instead of training on nothing."""
+    with ExecutionReward(PROBLEMS, sandbox=WORKERS, max_infra_batches=2, infra_reward=0.0) as r:
+        monkeypatch.setattr(rewards_mod, "Sandbox", BrokenSandbox)
+        r.close()
+        assert r(**TWO) == [0.0, 0.0]
+        monkeypatch.undo()
+        assert r(**TWO) == [1.0, 1.0]  # resets the count
+        monkeypatch.setattr(rewards_mod, "Sandbox", BrokenSandbox)
+        r.close()
+        assert r(**TWO) == [0.0, 0.0]
+        with pytest.raises(SandboxError, match="2 calls in a row could not run any program"):
+            r(**TWO)
+        assert r(**TWO) == [0.0, 0.0]  # the count starts again
+    with pytest.raises(CodevalueError, match="max_infra_batches"):
+        ExecutionReward(PROBLEMS, max_infra_batches=-1)
+
+
+def start_waiting_callers(reward, cases, call) -> list[threading.Thread]:
+    """One thread per case, started while this thread holds the reward's run lock, released only when every
+    call has queued its programs: they must all be run by one caller, in one `Sandbox.map`."""
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(len(cases))]
+    with reward._run_lock:
+        for t in threads:
+            t.start()
+        deadline = time.monotonic() + 60
+        while len(reward._queue) < len(cases):
+            assert time.monotonic() < deadline, "the calls did not queue"
+            time.sleep(0.01)
+    for t in threads:
+        t.join(timeout=120)
+    return threads
+
+
+def test_concurrent_callers_share_one_sandbox(reward, monkeypatch):
+    """OpenRLHF and verl call reward functions from many threads at once: their calls are merged into one
+    `Sandbox.map`, and each gets its own verdicts."""
     cases = [c for c in CASES if "while" not in c[1]] * 3
     expected = reward.rewards([c[0] for c in cases], [c[1] for c in cases])
+    maps: list[int] = []
+    real_map = Sandbox.map
+
+    def counted_map(self, jobs):
+        maps.append(len(jobs))
+        return real_map(self, jobs)
+
+    monkeypatch.setattr(Sandbox, "map", counted_map)
     results: dict[int, list[float]] = {}
 
     def call(i):
         results[i] = reward.rewards([cases[i][0]], [cases[i][1]])
 
-    threads = [threading.Thread(target=call, args=(i,)) for i in range(len(cases))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=120)
+    start_waiting_callers(reward, cases, call)
     assert [results[i][0] for i in range(len(cases))] == expected
+    assert maps == [len(set(CASES)) - 2]  # one map, each distinct program once (two are duplicates, one a loop)
+
+
+@pytest.mark.parametrize("raised", [RuntimeError("a job could not be built: test"), KeyboardInterrupt()])
+def test_callers_waiting_on_a_run_that_raises_learn_what_happened(reward, monkeypatch, raised):
+    """The caller that runs the merged calls fails while building the jobs: an exception reaches every caller
+    whose programs it took (not a bare AssertionError); an interrupt stops that caller only, and the others
+    get infra_error (reward None) for the programs that never ran."""
+    cases = [("HumanEval/23", f"    return len(string) + {k}\n") for k in range(4)]
+
+    def raise_it(*args, **kwargs):
+        raise raised
+
+    monkeypatch.setattr(rewards_mod, "make_job", raise_it)
+    results: dict[int, object] = {}
+
+    def call(i):
+        try:
+            results[i] = reward.rewards([cases[i][0]], [cases[i][1]])
+        except BaseException as e:  # noqa: BLE001 - what each thread saw is the point of the test
+            results[i] = e
+
+    start_waiting_callers(reward, cases, call)
+    assert len(results) == len(cases)
+    if isinstance(raised, Exception):
+        assert all(results[i] is raised for i in range(len(cases))), results
+    else:
+        assert sorted(map(repr, results.values())) == ["KeyboardInterrupt()"] + ["[None]"] * 3, results
+    monkeypatch.undo()
+    assert reward.rewards(["HumanEval/23"], ["    return len(string)\n"]) == [1.0]  # and it carries on
+
+
+def test_an_execution_reward_pickles_without_its_sandbox(reward):
+    """TRL's AsyncGRPOTrainer and verl's Ray workers pickle reward functions: the copy keeps the problems and
+    settings, and starts its own sandbox on its first call."""
+    copy = pickle.loads(pickle.dumps(reward))
+    try:
+        assert copy._sandbox is None and copy.problems.keys() == reward.problems.keys()
+        assert (copy.shaping, copy.config, copy.__name__) == (reward.shaping, reward.config, reward.__name__)
+        assert copy.rewards(["double"], ["print(2 * int(input()))\n"]) == [pytest.approx(2 / 3)]
+        assert copy._sandbox is not None and copy._sandbox is not reward._sandbox
+    finally:
+        copy.close()
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -179,8 +330,26 @@ def test_openrlhf_adapter_as_openrlhf_calls_it(reward):
     assert [torch.tensor([info.get("rewards")]).flatten().item() for info in infos] == pytest.approx([1, 0, 2 / 3])
     assert [info["scores"].item() for info in infos] == pytest.approx([1, 0, 2 / 3])
     logs = [{k: v.flatten()[0].item() for k, v in info["extra_logs"].items()} for info in infos]
-    assert logs == [{"passed": 1.0, "infra_error": 0.0}, {"passed": 0.0, "infra_error": 0.0},
-                    {"passed": 0.0, "infra_error": 0.0}]
+    assert logs == [{"passed": 1.0, "infra_error": 0.0, "prompt_not_prefix": 0.0},
+                    {"passed": 0.0, "infra_error": 0.0, "prompt_not_prefix": 0.0},
+                    {"passed": 0.0, "infra_error": 0.0, "prompt_not_prefix": 0.0}]
+
+
+def test_a_query_that_does_not_start_with_its_prompt_is_counted_and_logged(reward, caplog):
+    """The whole query then runs as the completion (it may still pass: a HumanEval query holds the prompt's
+    code); the extra log says so, so that a trainer whose prompts do not match its queries sees it."""
+    from codevalue import serve
+
+    reward_func = openrlhf_reward_func(reward)
+    prompt = HUMANEVAL["HumanEval/23"].prompt
+    before = serve.not_prefix_count()
+    with caplog.at_level(logging.WARNING, logger="codevalue.serve"):
+        info = reward_func([prompt + "    return len(string)\n"], ["<|user|>" + prompt], ["HumanEval/23"])
+    assert info["extra_logs"]["prompt_not_prefix"].tolist() == [1.0]
+    assert info["rewards"].tolist() == [1.0]  # ran whole: the prompt's own code and the body
+    assert serve.not_prefix_count() == before + 1
+    if len(str(before + 1)) > len(str(before)):  # logged at the 1st, 10th, 100th, ...
+        assert "did not start with their prompt" in caplog.text
 
 
 def test_verl_adapter_as_verl_calls_it(reward):
@@ -202,6 +371,39 @@ def test_verl_adapter_as_verl_calls_it(reward):
     (s1, info1), (s2, _) = asyncio.run(main())
     assert (s1, s2) == (1.0, pytest.approx(2 / 3))
     assert info1 == {"score": 1.0, "passed": 1.0, "infra_error": 0.0}
+
+
+def test_verl_batch_adapter_as_verl_calls_it(reward, monkeypatch):
+    """verl's BatchRewardManager (verl/workers/reward_manager/batch.py at abddec4c, `verify` and `__call__`):
+    one keyword call for the whole batch, `data_sources` and `extra_infos` numpy object arrays from
+    non_tensor_batch (`[None] * len(data)` when there is no extra_info), then `score["score"]` of each dict
+    and every key appended to reward_extra_info. All of a batch's programs run in one `Sandbox.map`."""
+    import numpy as np
+
+    compute_score = verl_batch_compute_score(reward)
+    maps: list[int] = []
+    real_map = Sandbox.map
+    monkeypatch.setattr(Sandbox, "map", lambda self, jobs: (maps.append(len(jobs)), real_map(self, jobs))[1])
+    responses_str = ["    return x + y\n", "    return x - y\n", "print(2 * int(input()))\n", "    return x + y\n"]
+    ground_truths = ["HumanEval/53", "HumanEval/53", "unused", "HumanEval/53"]
+    extras = np.array([None, {"num_turns": None}, {"problem_id": "double"}, {}], dtype=object)
+    scores = compute_score(data_sources=np.array(["codevalue"] * 4, dtype=object), solution_strs=responses_str,
+                           ground_truths=ground_truths, extra_infos=extras)
+    rewards, reward_extra_info = [], defaultdict(list)
+    for score in scores:  # BatchRewardManager.__call__
+        if isinstance(score, dict):
+            reward_value = score["score"]
+            for key, value in score.items():
+                reward_extra_info[key].append(value)
+        else:
+            reward_value = score
+        rewards.append(reward_value)
+    assert torch.tensor(rewards, dtype=torch.float32).tolist() == pytest.approx([1, 0, 2 / 3, 1])
+    assert dict(reward_extra_info) == {"score": rewards, "passed": [1.0, 0.0, 0.0, 1.0], "infra_error": [0.0] * 4}
+    assert maps == [3]  # one map; the repeated program ran once
+    no_extras = compute_score(data_sources=np.array(["codevalue"]), solution_strs=["    return x + y\n"],
+                              ground_truths=["HumanEval/53"], extra_infos=[None])
+    assert no_extras == [{"score": 1.0, "passed": 1.0, "infra_error": 0.0}]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -235,6 +437,7 @@ def test_value_reward_outcome_and_dense(model_dir):
     score = verl_compute_score(value)(data_source="x", solution_str=completions[0], ground_truth=None,
                                       extra_info={"prompt": prompts[0]})
     assert score == {"score": pytest.approx(direct[0].final, abs=1e-6)}
+    assert pickle.loads(pickle.dumps(value))(prompts=prompts, completions=completions) == pytest.approx(got, abs=1e-6)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -258,6 +461,7 @@ def test_serve_execution_rewards_without_a_model(reward):
         assert r.status_code == 200, r.text
         assert r.json()["rewards"] == pytest.approx([1, 0, 2 / 3]) and r.json()["scores"] == r.json()["rewards"]
         assert r.json()["extra_logs"]["passed"] == [1.0, 0.0, 0.0]
+        assert r.json()["extra_logs"]["prompt_not_prefix"] == [0.0, 0.0, 0.0]  # "" is no prompt
         assert post_reward(srv.url, body).status_code == 401
         r = post_reward(srv.url, {**body, "labels": ["HumanEval/23", "HumanEval/999", "double"]}, "k3y")
         assert r.status_code == 422 and "labels.1: unknown problem" in r.json()["detail"]

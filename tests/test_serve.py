@@ -125,9 +125,14 @@ def test_get_reward_openrlhf_protocol(client, vm):
     r = client.post("/get_reward", json={"query": [p + c for p, c in pairs]})
     whole = [s.final for s in vm.score([""] * 3, [p + c for p, c in pairs])]
     assert r.json()["rewards"] == pytest.approx(whole, abs=1e-5)
-    # a prompt that is not the start of its query: scored as a whole, no error
-    r = client.post("/get_reward", json={"query": ["x = 1\n"], "prompts": ["something else"]})
-    assert r.json()["rewards"] == pytest.approx([vm.score([""], ["x = 1\n"])[0].final], abs=1e-5)
+    assert r.json()["extra_logs"] == {"prompt_not_prefix": [0.0] * 3}  # no prompts: nothing to match
+    # a prompt that is not the start of its query: scored as a whole, no error, but counted and logged
+    before = client.get("/health").json()["prompt_not_prefix"]
+    r = client.post("/get_reward", json={"query": ["x = 1\n", pairs[0][0] + pairs[0][1]],
+                                         "prompts": ["something else", pairs[0][0]]})
+    assert r.json()["rewards"][0] == pytest.approx(vm.score([""], ["x = 1\n"])[0].final, abs=1e-5)
+    assert r.json()["extra_logs"] == {"prompt_not_prefix": [1.0, 0.0]}
+    assert client.get("/health").json()["prompt_not_prefix"] == before + 1
 
 
 def test_split_query():
