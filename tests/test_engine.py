@@ -125,9 +125,24 @@ def test_output_equal_to_input_is_refused(tmp_path):
 
 def test_duplicate_rollout_ids_are_refused_before_running(tmp_path):
     rollouts = _write(tmp_path / "r.jsonl", [("r1", RIGHT), ("r1", WRONG)])
-    with pytest.raises(DataError, match=r"record 2, field 'rollout_id': duplicate rollout_id 'r1'"):
+    with pytest.raises(DataError) as e:
         label_rollouts([_problem()], rollouts, tmp_path / "o.jsonl", CONFIG, progress=False)
+    assert str(e.value) == f"{rollouts}, record 2, field 'rollout_id': duplicate rollout_id 'r1' (first on record 1)"
     assert not (tmp_path / "o.jsonl.programs.jsonl").exists()
+
+
+@pytest.mark.parametrize("line", [b"not json\n", b'{"no": "key"}\n', b"[1, 2]\n"])
+def test_an_unreadable_program_log_is_refused_naming_the_file(tmp_path, line):
+    """A line of OUT.programs.jsonl that is not a result (not a torn last line: that is cut off) stops the run
+    with one message naming the file and the way out, and the file is left as it was."""
+    rollouts = _write(tmp_path / "r.jsonl", [("r1", RIGHT)])
+    log = tmp_path / "o.jsonl.programs.jsonl"
+    log.write_bytes(line)
+    with pytest.raises(DataError) as e:
+        label_rollouts([_problem()], rollouts, tmp_path / "o.jsonl", CONFIG, progress=False)
+    assert str(e.value) == (f"{log}: invalid line in a previous run's program results (delete the file to run "
+                            "everything again)")
+    assert log.read_bytes() == line
 
 
 @pytest.mark.slow
