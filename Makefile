@@ -21,11 +21,15 @@ test: $(BIN)/codevalue
 test-fast: $(BIN)/codevalue
 	CODEVALUE_PROPERTY_EXAMPLES=15 $(BIN)/python -m pytest -q -m "not slow"
 
-# Mutation testing of compare.py, targets.py and the verdict functions of labels.py (slow, not in CI; scores in
-# benchmarks/README.md). MUTATION_JOBS: parallel mutants. Survivors: `$(BIN)/mutmut results`, `mutmut show NAME`.
+# Mutation testing of compare.py, targets.py, the verdict functions of labels.py, evaluate.py's best-of-n and
+# bootstrap, and engine.py (slow, not in CI; scores in benchmarks/README.md). MUTATION_JOBS: parallel mutants;
+# MUTANTS: which (mutmut's name globs). Survivors: `$(BIN)/mutmut results`, `mutmut show NAME`.
 MUTATION_JOBS ?= 2
-MUTANTS := "codevalue.compare.*" "codevalue.targets.*" "codevalue.labels.x_judge*" \
-           "codevalue.labels.x__judge_test*" "codevalue.labels.x__missing_verdict*"
+MUTANTS ?= "codevalue.compare.*" "codevalue.targets.*" "codevalue.labels.x_judge*" \
+           "codevalue.labels.x__judge_test*" "codevalue.labels.x__missing_verdict*" \
+           "codevalue.evaluate.x_tie_averaged_order*" "codevalue.evaluate.x_best_of_n*" \
+           "codevalue.evaluate.x__resamples*" "codevalue.evaluate.x_bootstrap_ci*" "codevalue.evaluate.x__with_ci*" \
+           "codevalue.evaluate.x__reranked*" "codevalue.evaluate.x_paired_comparison*" "codevalue.engine.*"
 mutation: $(BIN)/codevalue
 	$(BIN)/pip install -q 'mutmut>=3.3,<4'
 	$(BIN)/mutmut run --max-children $(MUTATION_JOBS) $(MUTANTS)

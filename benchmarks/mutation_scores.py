@@ -3,8 +3,9 @@
     python benchmarks/mutation_scores.py [--survivors]
 
 Reads mutmut 3's result files (mutants/codevalue/*.py.meta). Only the mutants `make mutation` asks for count:
-every function of compare.py and targets.py, and the verdict functions of labels.py (judge, _judge_test,
-_missing_verdict); the rest of labels.py (the engine stage) is covered by the engine's own tests.
+every function of compare.py, targets.py and engine.py, the verdict functions of labels.py (judge, _judge_test,
+_missing_verdict; the rest of labels.py is the engine stage), and evaluate.py's selection metrics (best-of-n with
+its tie-averaged order, the bootstrap and the paired comparison; not the readers and the report writer).
 A mutant that times out counts as killed (the tests noticed); one that no test reaches counts as a survivor.
 """
 
@@ -21,6 +22,9 @@ SELECTED = {
     "compare": None,  # every function
     "targets": None,
     "labels": {"judge", "_judge_test", "_missing_verdict"},
+    "evaluate": {"tie_averaged_order", "best_of_n", "_resamples", "bootstrap_ci", "_with_ci", "_reranked",
+                 "paired_comparison"},
+    "engine": None,
 }
 KILLED = {1, 3, 36, 24, -24, 152, 255, 37}  # failing tests, timeouts, caught by the type check
 NOT_RUN = {None, 34}  # not checked yet, skipped
