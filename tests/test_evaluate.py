@@ -55,6 +55,9 @@ def brute_best_of_n(values, passed, n: int) -> float:
 
 def test_tie_averaged_order():
     assert tie_averaged_order(arr(0.2, 0.9, 0.2, 0.5), arr(T, F, F, T)).tolist() == [0.0, 1.0, 0.5, 0.5]
+    assert tie_averaged_order(arr(0.4), arr(T)).tolist() == [1.0]
+    empty = tie_averaged_order(np.array([]), np.array([], dtype=bool))  # a critic with no rollouts for a problem
+    assert empty.shape == (0,) and empty.dtype == float
 
 
 def test_best_of_n_one_is_mean_pass_rate():
