@@ -131,6 +131,28 @@ def test_duplicate_rollout_ids_are_refused_before_running(tmp_path):
     assert not (tmp_path / "o.jsonl.programs.jsonl").exists()
 
 
+def test_an_existing_output_is_read_line_by_line_skipping_blank_and_torn_lines(tmp_path):
+    """The rollouts an existing output holds: a blank line is skipped (not the end), a torn last line (no
+    newline: a crash mid-write) is not a rollout; one stranger is enough to refuse, counted and named."""
+    rollouts = _write(tmp_path / "r.jsonl", [("a1", RIGHT)])
+    out = tmp_path / "o.jsonl"
+    out.write_text('{"rollout_id": "a1"}\n\n{"rollout_id": "zz"}\n{"rollout_id": "torn"')
+    with pytest.raises(CodevalueError) as e:
+        label_rollouts([_problem()], rollouts, out, CONFIG, progress=False)
+    assert str(e.value).startswith(f"{out} already holds 1 rollouts that are not in {rollouts} (e.g. 'zz'); ")
+
+
+@pytest.mark.parametrize("line", ['{"x": 1}', "[1]", "not json"])
+def test_an_existing_output_that_is_not_ours_is_refused_naming_the_record(tmp_path, line):
+    rollouts = _write(tmp_path / "r.jsonl", [("a1", RIGHT)])
+    out = tmp_path / "o.jsonl"
+    out.write_text(f'{{"rollout_id": "a1"}}\n{line}\n')
+    with pytest.raises(DataError) as e:
+        label_rollouts([_problem()], rollouts, out, CONFIG, progress=False)
+    assert str(e.value) == (f"{out}, record 2: existing output has a line without a rollout_id; it is not a "
+                            "codevalue output: choose another --out")
+
+
 @pytest.mark.parametrize("line", [b"not json\n", b'{"no": "key"}\n', b"[1, 2]\n"])
 def test_an_unreadable_program_log_is_refused_naming_the_file(tmp_path, line):
     """A line of OUT.programs.jsonl that is not a result (not a torn last line: that is cut off) stops the run
