@@ -349,7 +349,10 @@ def execution_features(checks: list[dict[str, Any]], weights: list[int] | None =
     return rows
 
 
-CHECKS_TEXT_VERSION = 2  # what describe_checks writes; 2: + SRank's cluster score. Fold models are retrained on change
+# What describe_checks writes (part of crossval's recipe: fold models are retrained when it changes). A version
+# that also wrote SRank's cluster score (commit 31e1807) was not adopted: it was never measured against this
+# one under the demo's recipe (benchmarks/RESULTS.md, issue 13).
+CHECKS_TEXT_VERSION = 1
 
 
 def describe_checks(features: dict[str, float]) -> str:
@@ -361,16 +364,11 @@ def describe_checks(features: dict[str, float]) -> str:
     def tenths(x: float) -> int:
         return int(round(10 * x))
 
-    cluster = ""  # files written before SRank's cluster score was a feature lack it
-    if "srank_cluster" in features:
-        cluster = (f", clusters {tenths(features['srank_cluster'])}/10"
-                   f"{' best' if features['srank_cluster_top'] else ''}")
-
     return (f"\n# checks: passed {tenths(features['pass_frac'])}/10, errors {tenths(features['error_frac'])}/10, "
             f"timeouts {tenths(features['timeout_frac'])}/10; agreement {tenths(features['agree_frac'])}/10, "
             f"overlap {tenths(features['overlap'])}/10; codet {tenths(features['codet'])}/10"
             f"{' best' if features['codet_top'] else ''}, srank {tenths(features['srank'])}/10"
-            f"{' best' if features['srank_top'] else ''}{cluster}\n")
+            f"{' best' if features['srank_top'] else ''}\n")
 
 
 class CheckStage:
