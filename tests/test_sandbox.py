@@ -1359,6 +1359,7 @@ def test_a_worker_that_dies_is_replaced_and_the_job_retried_once(monkeypatch):
         assert label(solo, STDIN, SQUARE, "lcb")[0].verdict == "pass"
 
 
+@pytest.mark.slow  # waits out a stuck worker's deadline, twice
 def test_a_stuck_worker_is_killed_replaced_and_the_job_retried_once(monkeypatch):
     """A worker that gives no result `stuck_seconds` after the job's wall deadline (here: stopped with SIGSTOP
     right after it was handed the job) is treated as one that died: killed, replaced, the job retried once,
