@@ -153,6 +153,23 @@ def test_an_existing_output_that_is_not_ours_is_refused_naming_the_record(tmp_pa
                             "codevalue output: choose another --out")
 
 
+@pytest.mark.slow
+def test_the_sandbox_settings_reach_the_sandbox_and_rows_name_this_host(tmp_path):
+    """label_rollouts runs programs in a sandbox built from its config (here: --memory-mb), and the sidecar
+    counts the programs per node under this machine's name."""
+    import socket
+
+    hungry = "    hoard = bytearray(400 * 2**20)\n    return x + 1\n"  # right, but needs 400 MiB
+    rollouts = _write(tmp_path / "r.jsonl", [("r1", hungry)])
+    for memory_mb, verdict in ((2048, "pass"), (128, "memory_exceeded")):
+        out = tmp_path / f"o{memory_mb}.jsonl"
+        config = LabelConfig(sandbox=SandboxConfig(workers=1, memory_mb=memory_mb))
+        label_rollouts([_problem()], rollouts, out, config, progress=False)
+        assert _rows(out)[0]["verdict"] == verdict
+        meta = json.loads(out.with_name(out.name + ".meta.json").read_text())
+        assert meta["executor"]["nodes"] == {socket.gethostname(): 1}
+
+
 @pytest.mark.parametrize("line", [b"not json\n", b'{"no": "key"}\n', b"[1, 2]\n"])
 def test_an_unreadable_program_log_is_refused_naming_the_file(tmp_path, line):
     """A line of OUT.programs.jsonl that is not a result (not a torn last line: that is cut off) stops the run
