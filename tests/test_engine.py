@@ -170,6 +170,29 @@ def test_the_sandbox_settings_reach_the_sandbox_and_rows_name_this_host(tmp_path
         assert meta["executor"]["nodes"] == {socket.gethostname(): 1}
 
 
+def test_program_log_lines_hold_key_node_and_fields_and_survive_a_reopen(tmp_path):
+    """OUT.programs.jsonl, one line per program: {"key", "node", "fields"}, any text (a lone surrogate from a
+    program's output included) read back as written, found again after a reopen, a torn last line cut off."""
+    from codevalue.engine import ProgramLog
+
+    path = tmp_path / "o.jsonl.programs.jsonl"
+    odd = {"verdict": "runtime_error", "reason": "printed \ud800 and \u00fcn\u00efcode \u2713"}
+    log = ProgramLog(path)
+    log.append("k1", odd, "node-a")
+    log.append("k2", {"verdict": "pass"}, "node-b")
+    assert log.read("k1") == odd
+    log.close()
+    lines = [json.loads(line) for line in path.read_bytes().decode("utf-8", "surrogatepass").splitlines()]
+    assert lines == [{"key": "k1", "node": "node-a", "fields": odd},
+                     {"key": "k2", "node": "node-b", "fields": {"verdict": "pass"}}]
+    with open(path, "ab") as f:
+        f.write(b'{"key": "k3", "node": "x", "fie')  # the process died mid-write
+    again = ProgramLog(path)
+    assert (set(again.offsets), again.read("k2"), again.read("k1")) == ({"k1", "k2"}, {"verdict": "pass"}, odd)
+    again.close()
+    assert path.read_bytes().endswith(b'"pass"}}\n')  # the torn line is gone
+
+
 @pytest.mark.parametrize("line", [b"not json\n", b'{"no": "key"}\n', b"[1, 2]\n"])
 def test_an_unreadable_program_log_is_refused_naming_the_file(tmp_path, line):
     """A line of OUT.programs.jsonl that is not a result (not a torn last line: that is cut off) stops the run
