@@ -170,6 +170,18 @@ def test_the_sandbox_settings_reach_the_sandbox_and_rows_name_this_host(tmp_path
         assert meta["executor"]["nodes"] == {socket.gethostname(): 1}
 
 
+def test_a_result_missing_from_the_program_log_is_one_line_naming_the_log(tmp_path):
+    """Only a log edited during a run can lose a result the run recorded: named, with the way out."""
+    from codevalue.engine import ProgramLog, _fields_of
+
+    log = ProgramLog(tmp_path / "o.jsonl.programs.jsonl")
+    assert _fields_of(log, "0123456789abcdef", {"verdict": "pass"}) == {"verdict": "pass"}  # known: no lookup
+    with pytest.raises(CodevalueError) as e:
+        _fields_of(log, "0123456789abcdef", None)
+    log.close()
+    assert str(e.value) == f"{log.path}: no result for program 0123456789ab; run the command again"
+
+
 def test_program_log_lines_hold_key_node_and_fields_and_survive_a_reopen(tmp_path):
     """OUT.programs.jsonl, one line per program: {"key", "node", "fields"}, any text (a lone surrogate from a
     program's output included) read back as written, found again after a reopen, a torn last line cut off."""
