@@ -79,6 +79,7 @@ def test_an_edited_completion_is_labelled_again(tmp_path):
     summary = label_rollouts([_problem()], rollouts, out, CONFIG, progress=False)
     assert (summary["executed_programs"], summary["resumed"]) == (1, 1)
     assert [(r["completion"], r["verdict"]) for r in _rows(out)] == [(WRONG, "wrong_answer"), (RIGHT, "pass")]
+    assert (summary["pass_rate"], summary["verdicts"]) == (0.5, {"wrong_answer": 1, "pass": 1})
 
 
 @pytest.mark.slow
