@@ -195,6 +195,7 @@ def test_program_log_lines_hold_key_node_and_fields_and_survive_a_reopen(tmp_pat
     log.append("k2", {"verdict": "pass"}, "node-b")
     assert log.read("k1") == odd
     log.close()
+    assert log._f.closed and log._reader.closed  # descriptors released (every append was flushed already)
     lines = [json.loads(line) for line in path.read_bytes().decode("utf-8", "surrogatepass").splitlines()]
     assert lines == [{"key": "k1", "node": "node-a", "fields": odd},
                      {"key": "k2", "node": "node-b", "fields": {"verdict": "pass"}}]
