@@ -231,6 +231,7 @@ def test_identical_programs_run_once_and_every_rollout_gets_one_row(tmp_path):
     assert [r["rollout_id"] for r in _rows(out)] == [r for r, _ in rows]
     assert [r["passed"] for r in _rows(out)] == [bool(i % 3) for i in range(12)]
     assert len((tmp_path / "o.jsonl.programs.jsonl").read_text().splitlines()) == 2
+    assert (summary["pass_rate"], summary["verdicts"]) == (8 / 12, {"pass": 8, "wrong_answer": 4})
 
 
 def test_content_key_separates_every_part():
