@@ -60,7 +60,7 @@ def test_another_rollouts_file_into_an_existing_output_is_refused(tmp_path):
 def test_an_empty_rollouts_file_does_not_wipe_an_output(tmp_path):
     a = _write(tmp_path / "a.jsonl", [("a1", RIGHT)])
     out = tmp_path / "o.jsonl"
-    label_rollouts([_problem()], a, out, CONFIG, progress=False)
+    assert label_rollouts([_problem()], a, out, CONFIG, progress=False)["pass_rate"] == 1.0  # one rollout
     before = out.read_bytes()
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")
