@@ -3,20 +3,30 @@ departs from the authors' method in one choice and reports reranked pass@1 with 
 
     .venv/bin/python benchmarks/srank_variants.py runs/demo/checked.jsonl
 
-Diagnostics only: the variants are not methods of `codevalue codet`, since each one does something the
-authors' code does not. "as published" reproduces `checks.srank_scores` exactly.
+Each line also gives the paired bootstrap of (variant - as published) over problems
+(`evaluate.paired_comparison`: the same rollouts, the same problem resamples for both).
+"pass rate weighted by test samples" needs the generated tests file the checks ran (`--tests`, the bundled
+CodeGen-16B one by default): it reparses it with the checked file's `tests_per_sample` (from its
+.meta.json) to count how many times the test-writing samples wrote each distinct assert.
+
+Diagnostics only: the variants are not methods of `codevalue codet`. Each one does something the authors'
+code does not, except the weighted pass rate, which follows their code more closely than `checks.srank_scores`
+(not adopted there: a decision left open). "as published" reproduces `checks.srank_scores` exactly.
 """
 
 from __future__ import annotations
 
 import argparse
-from collections import defaultdict
+import json
+from collections import Counter, defaultdict
+from pathlib import Path
 
 import numpy as np
 
-from codevalue.checks import FAILED, NONE_VALUE, _assert_columns, _call_columns
-from codevalue.evaluate import best_of_n, bootstrap_ci
+from codevalue.checks import BUNDLED_TESTS, FAILED, NONE_VALUE, _assert_columns, _call_columns, parse_generated_tests
+from codevalue.evaluate import ProblemScores, best_of_n, bootstrap_ci, paired_comparison
 from codevalue.jsonl import read_jsonl
+from codevalue.problems import load_problems
 from codevalue.rollouts import evaluated_completion
 
 VARIANTS = {
@@ -27,13 +37,34 @@ VARIANTS = {
     "errors and time-outs as distinct results": {"one_failure": False},
     "feature = pass rate only (no cluster size)": {"size_power": 0},
     "feature = cluster size only (no pass rate)": {"pass_power": 0},
+    # the authors' execution/run.py appends every sample's test cases without dedupe, so an assert written by
+    # k test samples counts k times in a cluster's pass rate (ours: once per distinct assert)
+    "pass rate weighted by test samples (as their code counts)": {"weighted": True},
 }
+
+
+def assert_counts(texts: list[str], entry_point: str, per_sample: int | None) -> Counter[str]:
+    """How many times the test-writing samples wrote each assert that `parse_generated_tests` keeps (the
+    same line filter and per-sample cut, applied one sample at a time; a sample writing one assert twice
+    counts twice, as appended)."""
+    counts: Counter[str] = Counter()
+    for text in texts:
+        kept = []
+        for line in ("assert " + text).split("\n"):
+            if per_sample is not None and len(kept) >= per_sample:
+                break
+            line = line.strip()
+            if line.startswith("assert ") and parse_generated_tests([line[len("assert "):]], entry_point) == [line]:
+                kept.append(line)
+        counts.update(kept)
+    return counts
 
 
 def variant_scores(checks: list[dict], texts: list[str], distinct_size: bool = True, validity: bool = True,
                    per_input: bool = True, one_failure: bool = True, size_power: int = 1,
-                   pass_power: int = 1) -> np.ndarray:
-    """`checks.srank_scores` (unnormalised) with one of its choices switched."""
+                   pass_power: int = 1, weights: list[int] | None = None) -> np.ndarray:
+    """`checks.srank_scores` (unnormalised) with one of its choices switched. weights: per test column, how
+    many times the test samples wrote it; the pass rate is then the weighted share of asserts passed."""
     n = len(checks[0]["outputs"])
     columns = (_call_columns(checks) if per_input
                else [j for j in range(n) if any(c["outputs"][j] not in ("-", *FAILED) for c in checks)])
@@ -62,7 +93,11 @@ def variant_scores(checks: list[dict], texts: list[str], distinct_size: bool = T
             k = clusters[res]
             members[k].add(text)
             rollouts[k] += 1
-            passed[k] = sum(c["passed"][j] == "1" for j in asserts) / len(asserts) if asserts else 0.0
+            if weights is None:
+                passed[k] = sum(c["passed"][j] == "1" for j in asserts) / len(asserts) if asserts else 0.0
+            else:
+                total = sum(weights[j] for j in asserts)
+                passed[k] = sum(weights[j] for j in asserts if c["passed"][j] == "1") / total if total else 0.0
     seen: set[str] = set()
     size = np.zeros(len(clusters))
     for k in range(len(clusters)):
@@ -79,20 +114,56 @@ def variant_scores(checks: list[dict], texts: list[str], distinct_size: bool = T
     return np.array([score[clusters[res]] if ok else 0.0 for res, ok in zip(results, valid, strict=True)])
 
 
+def column_weights(checked: str, tests: str, problems: str) -> dict[str, list[int]]:
+    """Per problem, how many times the test samples wrote each test column of `checked` (see `assert_counts`)."""
+    meta = json.loads(Path(f"{checked}.meta.json").read_text())
+    per_sample = meta.get("settings", {}).get("tests_per_sample")
+    limit = meta.get("settings", {}).get("max_tests", 100)
+    texts: dict[str, list[str]] = defaultdict(list)
+    for _, rec in read_jsonl(tests):
+        texts[str(rec["task_id"])].append(str(rec["text"]))
+    weights = {}
+    for problem in load_problems(problems):
+        generated = texts.get(problem.problem_id, [])
+        counts = assert_counts(generated, problem.entry_point, per_sample)
+        columns = parse_generated_tests(generated, problem.entry_point, limit, per_sample)
+        weights[problem.problem_id] = [counts[t] for t in columns]
+    return weights
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("checked", help="`codevalue checks` output")
+    parser.add_argument("--tests", default=str(BUNDLED_TESTS), help="the generated tests the checks ran")
+    parser.add_argument("--problems", default="humaneval", help="the problems the checks ran (entry points)")
     args = parser.parse_args()
     groups: dict[str, list[dict]] = defaultdict(list)
     for _, rec in read_jsonl(args.checked):
         groups[str(rec["problem_id"])].append(rec)
+    weights = column_weights(args.checked, args.tests, args.problems)
+    for pid, rows in groups.items():
+        if len(weights[pid]) != len(rows[0]["checks"]["passed"]):
+            raise SystemExit(f"{pid}: {len(weights[pid])} tests parsed, {len(rows[0]['checks']['passed'])} checked: "
+                             "not the tests file or settings the checks ran")
+    reference = None
+    print(f"{'':<60}{'pass@1':>6}   95% CI          minus as published [paired 95% CI]")
     for name, switches in VARIANTS.items():
-        per_problem = np.array([
-            best_of_n(variant_scores([r["checks"] for r in rows], [evaluated_completion(r) for r in rows], **switches),
-                      np.array([r["passed"] for r in rows]), len(rows))
-            for rows in groups.values()])
+        switches = dict(switches)
+        weighted = switches.pop("weighted", False)
+        scores = [ProblemScores(pid, variant_scores([r["checks"] for r in rows],
+                                                    [evaluated_completion(r) for r in rows],
+                                                    weights=weights[pid] if weighted else None, **switches),
+                                np.array([bool(r["passed"]) for r in rows]))
+                  for pid, rows in groups.items()]
+        per_problem = np.array([best_of_n(p.values, p.passed, len(p.values)) for p in scores])
         lo, hi = bootstrap_ci(per_problem)
-        print(f"{name:<52}{100 * per_problem.mean():6.1f}   [{100 * lo:.1f}, {100 * hi:.1f}]")
+        line = f"{name:<60}{100 * per_problem.mean():6.1f}   [{100 * lo:.1f}, {100 * hi:.1f}]"
+        if reference is None:
+            reference = scores
+        else:
+            d = paired_comparison(reference, scores)["difference_pass@1"]
+            line += f"    {d['mean']:+.1f} [{d['ci_low']:.1f}, {d['ci_high']:.1f}]"
+        print(line)
 
 
 if __name__ == "__main__":
