@@ -556,7 +556,6 @@ def fitted_tiny_policy(tok, problems, steps=150):
     return model
 
 
-@pytest.mark.slow
 def test_grpo_trainer_logs_the_rewards_codevalue_label_gives(tmp_path):
     """TRL's GRPOTrainer trains a tiny policy for two steps with ExecutionReward; every reward it logged (its
     completions table) equals the pass fraction `codevalue label` gives the same completion, and so do its
