@@ -116,16 +116,22 @@ def _sandbox_config(args: argparse.Namespace):
     return SandboxConfig(**{name: getattr(args, name) for name in SANDBOX_OPTIONS})
 
 
-def cmd_label(args: argparse.Namespace) -> int:
-    from .labels import LabelConfig, label_rollouts
+def _label_config(args: argparse.Namespace):
+    """The LabelConfig of the options `_add_label_options` and `_add_sandbox_options` added."""
+    from .labels import LabelConfig
     from .rollouts import parse_stop
+
+    return LabelConfig(mode=args.mode, timeout=args.timeout, program_timeout=args.program_timeout,
+                       stop=parse_stop(args.stop), sandbox=_sandbox_config(args))
+
+
+def cmd_label(args: argparse.Namespace) -> int:
+    from .labels import label_rollouts
 
     if (args.rollouts is None) == (args.rollouts_option is None):
         raise CodevalueError("label: give the rollouts file once, as `codevalue label ROLLOUTS` (or --rollouts)")
     args.rollouts = args.rollouts or args.rollouts_option
-    config = LabelConfig(mode=args.mode, timeout=args.timeout, program_timeout=args.program_timeout,
-                         stop=parse_stop(args.stop), sandbox=_sandbox_config(args))
-    summary = label_rollouts(args.problems, args.rollouts, args.out, config, progress=not args.quiet,
+    summary = label_rollouts(args.problems, args.rollouts, args.out, _label_config(args), progress=not args.quiet,
                              problem_format=args.format, ray=args.ray)
     _print_summary(summary)
     return 0
@@ -200,12 +206,7 @@ def cmd_sandbox(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     """Your own problems and rollouts through the whole pipeline, each finished stage reused."""
-    from .labels import LabelConfig
-    from .rollouts import parse_stop
-
-    config = LabelConfig(mode=args.mode, timeout=args.timeout, program_timeout=args.program_timeout,
-                         stop=parse_stop(args.stop), sandbox=_sandbox_config(args))
-    return run_pipeline(args, args.problems, Path(args.rollouts), args.tests, config,
+    return run_pipeline(args, args.problems, Path(args.rollouts), args.tests, _label_config(args),
                         headline=f"{args.rollouts} on {args.problems}")
 
 

@@ -264,7 +264,7 @@ def split_queries(queries: Sequence[str], prompts: Sequence[str | None], strip: 
                   ) -> tuple[list[tuple[str, str]], list[float]]:
     """`split_query` of every (query, prompt), and per query 1.0 when a prompt was given but the query does
     not start with it, so that its whole text became the completion (0.0 otherwise). Such queries are counted
-    (`not_prefix_count()`) and logged at the 1st, 10th, 100th, ... occurrence."""
+    over the process and logged at the 1st, 10th, 100th, ... occurrence (/health counts an app's own)."""
     pairs = [split_query(q, p, strip) for q, p in zip(queries, prompts, strict=True)]
     flags = [float(bool(p) and not pair[0]) for p, pair in zip(prompts, pairs, strict=True)]
     if n := int(sum(flags)):
@@ -277,11 +277,6 @@ def split_queries(queries: Sequence[str], prompts: Sequence[str | None], strip: 
                            "(e.g. prompt %r, query %r): check that the prompts sent are the decoded prompt tokens",
                            total, (prompts[k] or "")[:80], queries[k][:80])
     return pairs, flags
-
-
-def not_prefix_count() -> int:
-    """Queries, in this process, whose prompt was not the start of the query (see `split_queries`)."""
-    return _not_prefix["count"]
 
 
 def forward_passes(lengths: Sequence[int], max_items: int, max_padding: float = 0.25) -> list[list[int]]:
