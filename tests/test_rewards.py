@@ -342,12 +342,12 @@ def test_a_query_that_does_not_start_with_its_prompt_is_counted_and_logged(rewar
 
     reward_func = openrlhf_reward_func(reward)
     prompt = HUMANEVAL["HumanEval/23"].prompt
-    before = serve.not_prefix_count()
+    before = serve._not_prefix["count"]
     with caplog.at_level(logging.WARNING, logger="codevalue.serve"):
         info = reward_func([prompt + "    return len(string)\n"], ["<|user|>" + prompt], ["HumanEval/23"])
     assert info["extra_logs"]["prompt_not_prefix"].tolist() == [1.0]
     assert info["rewards"].tolist() == [1.0]  # ran whole: the prompt's own code and the body
-    assert serve.not_prefix_count() == before + 1
+    assert serve._not_prefix["count"] == before + 1
     if len(str(before + 1)) > len(str(before)):  # logged at the 1st, 10th, 100th, ...
         assert "did not start with their prompt" in caplog.text
 
