@@ -5,28 +5,22 @@ departs from the authors' method in one choice and reports reranked pass@1 with 
 
 Each line also gives the paired bootstrap of (variant - as published) over problems
 (`evaluate.paired_comparison`: the same rollouts, the same problem resamples for both).
-"pass rate weighted by test samples" needs the generated tests file the checks ran (`--tests`, the bundled
-CodeGen-16B one by default): it reparses it with the checked file's `tests_per_sample` (from its
-.meta.json) to count how many times the test-writing samples wrote each distinct assert.
-
-Diagnostics only: the variants are not methods of `codevalue codet`. Each one does something the authors'
-code does not, except the weighted pass rate, which follows their code more closely than `checks.srank_scores`
-(not adopted there: a decision left open). "as published" reproduces `checks.srank_scores` exactly.
+Diagnostics only: the variants are not methods of `codevalue codet`; "as published" reproduces
+`checks.srank_scores` exactly. The checked file must record `written` (how many test samples wrote each
+assert, `codevalue checks` since it weighs SRank's pass rate; rerunning `checks` on an older output adds it
+without running anything).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-from collections import Counter, defaultdict
-from pathlib import Path
+from collections import defaultdict
 
 import numpy as np
 
-from codevalue.checks import BUNDLED_TESTS, FAILED, NONE_VALUE, _assert_columns, _call_columns, parse_generated_tests
+from codevalue.checks import FAILED, NONE_VALUE, _assert_columns, _call_columns
 from codevalue.evaluate import ProblemScores, best_of_n, bootstrap_ci, paired_comparison
 from codevalue.jsonl import read_jsonl
-from codevalue.problems import load_problems
 from codevalue.rollouts import evaluated_completion
 
 VARIANTS = {
@@ -38,26 +32,10 @@ VARIANTS = {
     "feature = pass rate only (no cluster size)": {"size_power": 0},
     "feature = cluster size only (no pass rate)": {"pass_power": 0},
     # the authors' execution/run.py appends every sample's test cases without dedupe, so an assert written by
-    # k test samples counts k times in a cluster's pass rate (ours: once per distinct assert)
-    "pass rate weighted by test samples (as their code counts)": {"weighted": True},
+    # k test samples counts k times in a cluster's pass rate (as `srank_scores` does); our first version
+    # counted each distinct assert once
+    "pass rate counts each distinct assert once": {"weighted": False},
 }
-
-
-def assert_counts(texts: list[str], entry_point: str, per_sample: int | None) -> Counter[str]:
-    """How many times the test-writing samples wrote each assert that `parse_generated_tests` keeps (the
-    same line filter and per-sample cut, applied one sample at a time; a sample writing one assert twice
-    counts twice, as appended)."""
-    counts: Counter[str] = Counter()
-    for text in texts:
-        kept = []
-        for line in ("assert " + text).split("\n"):
-            if per_sample is not None and len(kept) >= per_sample:
-                break
-            line = line.strip()
-            if line.startswith("assert ") and parse_generated_tests([line[len("assert "):]], entry_point) == [line]:
-                kept.append(line)
-        counts.update(kept)
-    return counts
 
 
 def variant_scores(checks: list[dict], texts: list[str], distinct_size: bool = True, validity: bool = True,
@@ -114,45 +92,25 @@ def variant_scores(checks: list[dict], texts: list[str], distinct_size: bool = T
     return np.array([score[clusters[res]] if ok else 0.0 for res, ok in zip(results, valid, strict=True)])
 
 
-def column_weights(checked: str, tests: str, problems: str) -> dict[str, list[int]]:
-    """Per problem, how many times the test samples wrote each test column of `checked` (see `assert_counts`)."""
-    meta = json.loads(Path(f"{checked}.meta.json").read_text())
-    per_sample = meta.get("settings", {}).get("tests_per_sample")
-    limit = meta.get("settings", {}).get("max_tests", 100)
-    texts: dict[str, list[str]] = defaultdict(list)
-    for _, rec in read_jsonl(tests):
-        texts[str(rec["task_id"])].append(str(rec["text"]))
-    weights = {}
-    for problem in load_problems(problems):
-        generated = texts.get(problem.problem_id, [])
-        counts = assert_counts(generated, problem.entry_point, per_sample)
-        columns = parse_generated_tests(generated, problem.entry_point, limit, per_sample)
-        weights[problem.problem_id] = [counts[t] for t in columns]
-    return weights
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("checked", help="`codevalue checks` output")
-    parser.add_argument("--tests", default=str(BUNDLED_TESTS), help="the generated tests the checks ran")
-    parser.add_argument("--problems", default="humaneval", help="the problems the checks ran (entry points)")
     args = parser.parse_args()
     groups: dict[str, list[dict]] = defaultdict(list)
     for _, rec in read_jsonl(args.checked):
         groups[str(rec["problem_id"])].append(rec)
-    weights = column_weights(args.checked, args.tests, args.problems)
-    for pid, rows in groups.items():
-        if len(weights[pid]) != len(rows[0]["checks"]["passed"]):
-            raise SystemExit(f"{pid}: {len(weights[pid])} tests parsed, {len(rows[0]['checks']['passed'])} checked: "
-                             "not the tests file or settings the checks ran")
+    if any("written" not in rows[0]["checks"] for rows in groups.values()):
+        raise SystemExit(f"{args.checked}: no `written` in its checks; rerun `codevalue checks` with the same "
+                         "arguments to add it (nothing runs again)")
     reference = None
     print(f"{'':<60}{'pass@1':>6}   95% CI          minus as published [paired 95% CI]")
     for name, switches in VARIANTS.items():
         switches = dict(switches)
-        weighted = switches.pop("weighted", False)
+        weighted = switches.pop("weighted", True)
         scores = [ProblemScores(pid, variant_scores([r["checks"] for r in rows],
                                                     [evaluated_completion(r) for r in rows],
-                                                    weights=weights[pid] if weighted else None, **switches),
+                                                    weights=rows[0]["checks"]["written"] if weighted else None,
+                                                    **switches),
                                 np.array([bool(r["passed"]) for r in rows]))
                   for pid, rows in groups.items()]
         per_problem = np.array([best_of_n(p.values, p.passed, len(p.values)) for p in scores])

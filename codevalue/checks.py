@@ -14,7 +14,8 @@ Output: the input records plus
   - checks: {"passed": "1101...", "outputs": ["3f2a9c1e", "E", "T", "-", ...], "inputs": [0, 1, 1, -1, ...]}:
     per generated test, whether its assert held, a fingerprint of what the program returned on the test's
     input (E: raised, T: timed out, -: the assert is not of the form `assert CALL == VALUE`), and which of
-    the problem's distinct calls it makes (-1: none; files written before this field lack it)
+    the problem's distinct calls it makes (-1: none; files written before this field lack it), and
+    "written": [3, 1, ...]: how many test-writing samples wrote each test (SRank weighs its pass rate by it)
   - check_features: per-rollout numbers computed over all rollouts of the problem in the file
     (see `execution_features`); they depend on how many rollouts there are, as CodeT's scores do.
 
@@ -115,7 +116,14 @@ def parse_generated_tests(texts: list[str], entry_point: str, limit: int = 100,
     """Distinct one-line asserts naming `entry_point`, in order of first appearance (CodeT's recipe).
     per_sample: keep only the first N asserts of each test-writing sample, as CodeT's and SRank's code do
     (`--test_case_limit`, 5 there); None keeps them all, and `limit` caps the problem's total either way."""
-    tests: dict[str, None] = {}
+    return list(count_generated_tests(texts, entry_point, per_sample))[:limit]
+
+
+def count_generated_tests(texts: list[str], entry_point: str, per_sample: int | None = None) -> dict[str, int]:
+    """Each kept assert (see `parse_generated_tests`, before `limit`) -> how many times the test-writing
+    samples wrote it. SRank's code appends every sample's tests without dedupe, so an assert written by k
+    samples weighs k in a cluster's pass rate (`srank_scores`)."""
+    tests: dict[str, int] = {}
     for text in texts:
         kept = 0
         for line in ("assert " + text).split("\n"):
@@ -129,9 +137,9 @@ def parse_generated_tests(texts: list[str], entry_point: str, limit: int = 100,
             except (SyntaxError, ValueError):
                 continue
             if len(tree.body) == 1 and isinstance(tree.body[0], ast.Assert):
-                tests[line] = None
+                tests[line] = tests.get(line, 0) + 1
                 kept += 1
-    return list(tests)[:limit]
+    return tests
 
 
 def split_assert(test: str, entry_point: str) -> tuple[str, str | None, str | None]:
@@ -228,7 +236,9 @@ def srank_scores(checks: list[dict[str, Any]], completions: list[str]) -> list[f
     "failed") form a cluster; (3) the interaction matrix I has 1 on its diagonal and, between clusters, the
     share of test inputs on which both return the same value (a failure never matches); (4) the feature of
     a cluster is V = (distinct completions in it / distinct valid completions) x (share of the generated
-    `assert CALL == VALUE` tests it passes); (5) the score is I @ V, shared by the cluster's rollouts.
+    `assert CALL == VALUE` tests it passes, each counted once per test-writing sample that wrote it: the
+    checks' `written`; files written before that field count each once); (5) the score is I @ V, shared by
+    the cluster's rollouts.
     completions: anything that tells the distinct programs apart (the completion texts, or one id per entry
     when there is one entry per distinct program)."""
     import numpy as np
@@ -236,6 +246,8 @@ def srank_scores(checks: list[dict[str, Any]], completions: list[str]) -> list[f
     if not checks:
         return []
     columns, asserts = _call_columns(checks), _assert_columns(checks)
+    written = checks[0].get("written") or [1] * len(checks[0]["passed"])
+    asserts_written = sum(written[j] for j in asserts)
     results = [tuple("F" if c["outputs"][j] in FAILED else c["outputs"][j] for j in columns) for c in checks]
     valid = [bool(columns) and any(r != "F" for r in res)
              and not (len(res) > 1 and len({"N" if r in ("F", NONE_VALUE) else r for r in res}) == 1)
@@ -252,7 +264,8 @@ def srank_scores(checks: list[dict[str, Any]], completions: list[str]) -> list[f
         if ok:
             k = clusters[res]
             members[k].add(completion)
-            passed[k] = sum(c["passed"][j] == "1" for j in asserts) / len(asserts) if asserts else 0.0
+            passed[k] = (sum(written[j] for j in asserts if c["passed"][j] == "1") / asserts_written
+                         if asserts_written else 0.0)
     seen: set[str] = set()  # a completion counts once, in the first cluster it was met in (as theirs does)
     size = np.zeros(len(clusters))
     for k in range(len(clusters)):
@@ -384,6 +397,7 @@ class CheckStage:
         self.limit = limit
         self.per_sample = per_sample
         self.parsed: dict[str, list[str]] = {}
+        self.written: dict[str, list[int]] = {}
 
     def settings(self) -> dict[str, Any]:
         settings = {"test_timeout": TEST_TIMEOUT, "max_timeouts": MAX_TIMEOUTS, "max_tests": self.limit,
@@ -432,15 +446,26 @@ class CheckStage:
         checks = parse_check_output(stdout or "", len(tests), nonce)
         return {"checks": {**checks, "inputs": input_ids(tests, problem.entry_point)}}
 
+    def written_of(self, problem_id: str) -> list[int]:
+        """Per test of the problem, how many test-writing samples wrote it (SRank's pass-rate weights). Not
+        part of a program's result: a function of the tests file, added to every row, resumed ones too."""
+        if problem_id not in self.written:
+            problem = self.by_id[problem_id]
+            counts = count_generated_tests(self.generated.get(problem_id, []), problem.entry_point, self.per_sample)
+            self.written[problem_id] = [counts[t] for t in self.tests_of(problem)]
+        return self.written[problem_id]
+
     def row(self, record: dict[str, Any], plan: Plan, fields: dict[str, Any]) -> dict[str, Any]:
-        return {**record, **fields}
+        return {**record, **fields, "checks": {**fields["checks"], "written": self.written_of(plan.problem_id)}}
 
-
-def _features_per_program(results: dict[str, tuple[dict, int]]) -> dict[str, dict]:
-    keys = list(results)
-    feats = execution_features([results[k][0]["checks"] for k in keys], [results[k][1] for k in keys])
-    return {k: {"check_features": {name: round(v, 6) for name, v in f.items()}}
-            for k, f in zip(keys, feats, strict=True)}
+    def features(self, problem_id: str, results: dict[str, tuple[dict, int]]) -> dict[str, dict]:
+        """check_features of each distinct program of one problem, over all the problem's rollouts."""
+        keys = list(results)
+        written = self.written_of(problem_id)
+        feats = execution_features([{**results[k][0]["checks"], "written": written} for k in keys],
+                                   [results[k][1] for k in keys])
+        return {k: {"check_features": {name: round(v, 6) for name, v in f.items()}}
+                for k, f in zip(keys, feats, strict=True)}
 
 
 def run_checks(labeled: str | os.PathLike, problems: str | os.PathLike | list[Problem], out: str | os.PathLike,
@@ -460,7 +485,7 @@ def run_checks(labeled: str | os.PathLike, problems: str | os.PathLike | list[Pr
         texts[str(rec["task_id"])].append(str(rec["text"]))
     stage = CheckStage(problems, dict(texts), limit, per_sample)
     summary = run_stage(stage, labeled, out, sandbox, ray=ray, progress=progress,
-                        group_fields=_features_per_program)
+                        group_fields=stage.features)
     counts = sorted(len(stage.tests_of(stage.by_id[pid])) for pid in stage.parsed)
     summary.update({"programs_run": summary["executed_programs"],
                     "tests_per_problem": counts[len(counts) // 2] if counts else 0,

@@ -252,11 +252,11 @@ def check_paths(inputs: Path, out: Path) -> None:
 
 def run_stage(stage: Stage, inputs: str | os.PathLike, out: str | os.PathLike, sandbox: SandboxConfig,
               ray: str | None = None, progress: bool = True, meta_extra: dict[str, Any] | None = None,
-              group_fields: Callable[[dict[str, tuple[dict, int]]], dict[str, dict]] | None = None,
+              group_fields: Callable[[str, dict[str, tuple[dict, int]]], dict[str, dict]] | None = None,
               ) -> dict[str, Any]:
     """Run `stage` over every record of `inputs`, writing `out` (+ .programs.jsonl, .meta.json).
 
-    group_fields (optional): called once per problem with {key: (result fields, number of rollouts)} after
+    group_fields (optional): called once per problem with its id and {key: (result fields, rollouts)} after
     everything ran; returns extra fields per key (e.g. features computed over all rollouts of a problem).
     """
     from tqdm import tqdm
@@ -347,8 +347,8 @@ def run_stage(stage: Stage, inputs: str | os.PathLike, out: str | os.PathLike, s
                 plan = stage.plan(inputs, line, rec)
                 counts = grouped[plan.problem_id]
                 counts[plan.key] = counts.get(plan.key, 0) + 1
-            for counts in grouped.values():
-                per_key.update(group_fields({k: (_fields_of(log, k, None), n) for k, n in counts.items()}))
+            for problem_id, counts in grouped.items():
+                per_key.update(group_fields(problem_id, {k: (_fields_of(log, k, None), n) for k, n in counts.items()}))
 
         def rows() -> Iterator[dict]:
             for line, rec in read_jsonl(inputs):

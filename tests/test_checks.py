@@ -6,6 +6,7 @@ import pytest
 
 from codevalue.checks import (
     CheckStage,
+    count_generated_tests,
     describe_checks,
     dual_agreement,
     execution_features,
@@ -15,6 +16,7 @@ from codevalue.checks import (
     run_checks,
     split_assert,
 )
+from codevalue.engine import Plan
 from codevalue.errors import DataError
 from codevalue.labels import LabelConfig, LabelStage
 from codevalue.problems import Problem
@@ -29,6 +31,8 @@ def test_parse_generated_tests_follows_codet_recipe():
     # duplicates kept once, in order of first appearance
     assert parse_generated_tests(texts, "f") == ["assert f(2) == 3", "assert f(3) == 4, 'msg'"]
     assert parse_generated_tests(texts, "f", limit=1) == ["assert f(2) == 3"]
+    # how many samples wrote each (SRank's pass-rate weights)
+    assert count_generated_tests(texts, "f") == {"assert f(2) == 3": 2, "assert f(3) == 4, 'msg'": 1}
 
 
 def test_split_assert_finds_the_call_on_either_side():
@@ -120,7 +124,7 @@ def test_run_checks_in_the_sandbox(tmp_path):
     assert rows["right-a"]["checks"]["outputs"] == rows["right-b"]["checks"]["outputs"]
     assert rows["wrong"]["checks"]["passed"] == "101"
     assert rows["loop"]["checks"] == {"passed": "000", "outputs": ["T", "T", "T"],  # per-test time limits
-                                      "inputs": [0, 1, 2]}
+                                      "inputs": [0, 1, 2], "written": [1, 1, 1]}
     # a time-out on one input costs that test only; the other inputs still run
     assert rows["slow-on-5"]["checks"]["passed"] == "100"
     assert rows["slow-on-5"]["checks"]["outputs"][1] == "T"
@@ -202,6 +206,24 @@ def test_run_checks_reruns_rollouts_whose_program_changed(tmp_path):
     assert summary["resumed"] == 1 and summary["programs_run"] == 1
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert rows[0]["checks"]["passed"] == "101" and rows[0]["completion"] == "    return x * 2\n"
+
+
+def test_check_rows_and_features_carry_how_many_samples_wrote_each_test():
+    """`written` is a function of the tests file, added to every row (resumed ones too) and used by the
+    features' SRank score: inc(1) == 2 written twice weighs 2 of 4 in a cluster's pass rate."""
+    stage = CheckStage([_problem()], {"T/0": ["inc(1) == 2", "inc(5) == 6", "inc(0) == 0", "inc(1) == 2"]}, 100)
+    assert stage.tests_of(_problem()) == ["assert inc(1) == 2", "assert inc(5) == 6", "assert inc(0) == 0"]
+    assert stage.written_of("T/0") == [2, 1, 1]
+    right = {"passed": "110", "outputs": ["h2", "h6", "h1"], "inputs": [0, 1, 2]}
+    wrong = {"passed": "100", "outputs": ["h2", "h10", "h0"], "inputs": [0, 1, 2]}  # passes the doubled one only
+    row = stage.row({"rollout_id": "r"}, Plan("T/0", "key", None), {"checks": right})
+    assert row["checks"] == {**right, "written": [2, 1, 1]} and "written" not in right
+    # two clusters of one program each, overlap 1/3. Weighted pass rates 3/4, 2/4: V = (3/8, 2/8),
+    # I @ V = (3/8 + 2/24, 3/24 + 2/8) = (11/24, 9/24). Each assert once: 2/3, 1/3, V = (1/3, 1/6),
+    # I @ V = (1/3 + 1/18, 1/9 + 1/6) = (7/18, 5/18)
+    feats = stage.features("T/0", {"r": ({"checks": right}, 1), "w": ({"checks": wrong}, 1)})
+    assert feats["w"]["check_features"]["srank_cluster"] == pytest.approx(9 / 11, abs=1e-6)
+    assert execution_features([right, wrong])[1]["srank_cluster"] == pytest.approx(5 / 7, abs=1e-6)
 
 
 def test_tests_per_sample_and_input_ids():

@@ -57,6 +57,16 @@ def test_srank_by_hand():
     assert srank_scores(CHECKS, TEXTS) == pytest.approx([1, 1, 1, 11 / 23, 0, 19 / 23])
 
 
+def test_srank_weighs_each_assert_by_the_test_samples_that_wrote_it():
+    """As SRank's code, which appends every sample's asserts without dedupe: the first assert written by 3
+    samples, the others by one (6 in all). Pass rates 5/6, 1/6, 4/6, so V = (10, 1, 4) / 24 and
+    I @ V = (13/24, 17/72, 11/24): double 17/39 of the best (11/23 unweighted), raising 11/13 (19/23)."""
+    written = [{**c, "written": [3, 1, 1, 1]} for c in CHECKS]
+    assert srank_scores(written, TEXTS) == pytest.approx([1, 1, 1, 17 / 39, 0, 11 / 13])
+    ones = [{**c, "written": [1, 1, 1, 1]} for c in CHECKS]
+    assert srank_scores(ones, TEXTS) == srank_scores(CHECKS, TEXTS)  # files without the field: each once
+
+
 def test_srank_without_recorded_inputs_compares_per_assert():
     """Files written before checks recorded `inputs`: every answered column is an input (f(2) counted twice):
     overlaps 2/4, 3/4, 2/4, so I @ V = (1/2, 5/16, 7/16)."""
