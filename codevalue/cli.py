@@ -101,7 +101,8 @@ def _add_field_options(p: argparse.ArgumentParser, cls: type, types: dict[str, A
                            choices=f.metadata.get("choices"), help=f.metadata["help"])
 
 
-SANDBOX_OPTIONS = {"workers": _count(0), "memory_mb": _count(1), "output_limit": _count(1)}
+SANDBOX_OPTIONS = {"workers": _count(0), "memory_mb": _count(1), "output_limit": _count(1),
+                   "stuck_seconds": _number(lambda v: v > 0, "must be > 0")}
 
 
 def _add_sandbox_options(p: argparse.ArgumentParser) -> None:
@@ -692,12 +693,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
             execution = stack.enter_context(ExecutionReward(
                 args.problems, mode=args.mode, shaping=args.shaping, timeout=args.timeout,
                 program_timeout=args.program_timeout, stop=parse_stop(args.stop), sandbox=_sandbox_config(args),
-                problem_format=args.format))
+                problem_format=args.format, max_infra_batches=args.max_infra_batches))
         app = create_app(vm, max_items=args.max_items, max_tokens=args.max_tokens, max_batch=args.max_batch,
                          max_wait_ms=args.max_wait_ms, max_body_bytes=args.max_body_mb * 2**20,
                          model_name=args.name or str(args.model or "execution"), forward_batch=args.forward_batch,
                          max_padding=args.max_padding, api_key=api_key, execution=execution, combine=args.combine,
-                         strip=parse_stop(args.strip))
+                         strip=parse_stop(args.strip), infra_reward=args.infra_reward)
         served = " + ".join(filter(None, [args.model and f"{args.model} on {vm.device}",
                                           execution and f"execution rewards on {args.problems}"]))
         print(f"codevalue: serving {served} at http://{args.host}:{args.port} "
@@ -732,6 +733,10 @@ def _add_serve_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--strip", action="append", default=[],
                    help="end-of-response text to cut from queries (repeatable; the model's end and padding "
                         "tokens always are)")
+    p.add_argument("--infra-reward", type=float, default=_default(serve.create_app, "infra_reward"),
+                   help="execution reward of a program the sandbox could not run (extra_logs.infra_error is 1)")
+    p.add_argument("--max-infra-batches", type=_count(0), default=_default(ExecutionReward, "max_infra_batches"),
+                   help="answer 500 after this many requests in a row in which no program could run (0: never)")
     _add_label_options(p)
     # rewards: ExecutionReward's mode (real scripts, no tolerance a policy could learn to exploit)
     p.set_defaults(mode=_default(ExecutionReward, "mode"))

@@ -51,7 +51,8 @@ class SandboxConfig:
     uid_base: int = 61000  # programs run as the first free uids >= uid_base, one per worker (root only)
     # A worker with no result this many seconds after its job's wall deadline (which it enforces itself) is
     # stuck: it is killed and replaced, and the job retried once, as when a worker dies.
-    stuck_seconds: float = 30.0
+    stuck_seconds: float = field(default=30.0, metadata={
+        "help": "seconds past a program's deadline after which its silent worker is replaced (job retried once)"})
     # Files and directories programs must not read (problem files with expected outputs). The bundled
     # data is always hidden; `label_rollouts` and `run_checks` add the problems file they were given.
     hidden_paths: tuple[str, ...] = ()

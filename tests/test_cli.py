@@ -281,6 +281,9 @@ def test_humaneval_label_sidecar_records_the_mode_that_applies(tmp_path, capsys)
     (["train", "t.jsonl", "-o", "m", "--eval-fraction", "1"], "argument --eval-fraction: must be in [0, 1), got 1"),
     (["crossval", "t.jsonl", "-o", "m", "--folds", "1"], "argument --folds: must be at least 2, got 1"),
     (["score", "m", "r.jsonl", "-o", "s", "--batch-size", "x"], "argument --batch-size: expected an integer, got 'x'"),
+    (["label", "r.jsonl", "-o", "o", "--stuck-seconds", "0"], "argument --stuck-seconds: must be > 0, got 0"),
+    (["serve", "--problems", "p", "--max-infra-batches", "-1"],
+     "argument --max-infra-batches: must be at least 0, got -1"),
 ])
 def test_bad_numbers_are_refused_before_anything_runs(capsys, argv, message):
     with pytest.raises(SystemExit) as e:
@@ -422,9 +425,9 @@ def test_label_and_sandbox_options_come_from_the_config_fields(command):
 
     fields = {f.name: f for cls in (LabelConfig, SandboxConfig) for f in dataclasses.fields(cls)}
     options = {a.dest: a for a in subcommands()[command]._actions}
-    generated = [name for name in ("mode", "timeout", "program_timeout", "workers", "memory_mb", "output_limit")
-                 if name in options]
-    assert {"workers", "memory_mb", "output_limit"} <= set(generated)
+    generated = [name for name in ("mode", "timeout", "program_timeout", "workers", "memory_mb", "output_limit",
+                                   "stuck_seconds") if name in options]
+    assert {"workers", "memory_mb", "output_limit", "stuck_seconds"} <= set(generated)
     for name in generated:
         assert options[name].default == fields[name].default and options[name].help == fields[name].metadata["help"]
     source = (PACKAGE / "cli.py").read_text()
@@ -526,6 +529,7 @@ def _api_defaults():
     from codevalue.crossval import crossval
     from codevalue.generate import EndpointGenerator, HFGenerator
     from codevalue.pretrain import pretrain_tiny_lm
+    from codevalue.rewards import ExecutionReward
     from codevalue.score import score_file
     from codevalue.search import PrunePolicy, prune_replay, rerank
     from codevalue.serve import create_app
@@ -544,7 +548,9 @@ def _api_defaults():
             ("generate", "timeout", default(EndpointGenerator, "timeout")),
             ("generate", "concurrency", default(EndpointGenerator, "concurrency")),
             ("generate", "prune_every", default(PrunePolicy, "every")),
-            ("serve", "max_padding", default(create_app, "max_padding"))]
+            ("serve", "max_padding", default(create_app, "max_padding")),
+            ("serve", "infra_reward", default(create_app, "infra_reward")),
+            ("serve", "max_infra_batches", default(ExecutionReward, "max_infra_batches"))]
     rows += [("prune-replay", dest, default(prune_replay, name)) for dest, name in
              [("every", "every"), ("thresholds", "thresholds"), ("top_k", "top_ks"), ("permutations", "permutations")]]
     rows += [("pretrain", dest, default(pretrain_tiny_lm, name)) for dest, name in
