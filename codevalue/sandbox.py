@@ -22,6 +22,7 @@ import itertools
 import json
 import os
 import secrets
+import select
 import selectors
 import subprocess
 import sys
@@ -197,6 +198,13 @@ def _parse_result(job: Job, nonce: str, line: bytes) -> ExecutionResult:
         return ExecutionResult(load_status="missing", infra_error=f"unreadable worker result: {type(e).__name__}")
 
 
+START_SECONDS = 120.0  # a worker that has not said hello by then never will (no program runs before it)
+
+
+class _WorkerStuck(SandboxError):
+    """A worker that does not read its next job within `stuck_seconds` (e.g. stopped): it is replaced."""
+
+
 class _Worker:
     def __init__(self, slot: int, config: SandboxConfig, uid: int):
         env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "OPENBLAS_NUM_THREADS": "1",
@@ -207,20 +215,30 @@ class _Worker:
                "PYTHONHASHSEED": "0"}
         self.log = tempfile.TemporaryFile()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "codevalue._worker", str(slot), str(uid),
-             json.dumps([str(DATA_DIR), *config.hidden_paths])],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, env=env, cwd="/",
-            start_new_session=True, close_fds=True)
+            self.command(slot, uid, config), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log,
+            env=env, cwd="/", start_new_session=True, close_fds=True)
         assert self.proc.stdin is not None and self.proc.stdout is not None
         self.stdin: IO[bytes] = self.proc.stdin
         self.stdout: IO[bytes] = self.proc.stdout
+        os.set_blocking(self.stdin.fileno(), False)  # `send` waits for a reader with a deadline, not forever
+        if not select.select([self.stdout], [], [], START_SECONDS)[0]:
+            tail = self.stderr_tail()
+            self.kill()
+            raise SandboxError(f"sandbox worker did not start within {START_SECONDS:g} s: {tail}")
         hello = self.stdout.readline()
         if not hello:
             raise SandboxError(f"sandbox worker failed to start: {self.stderr_tail()}")
         self.isolation: dict = json.loads(hello)["isolation"]
         self.job: tuple[int, Job, str] | None = None
 
+    @staticmethod
+    def command(slot: int, uid: int, config: SandboxConfig) -> list[str]:
+        return [sys.executable, "-m", "codevalue._worker", str(slot), str(uid),
+                json.dumps([str(DATA_DIR), *config.hidden_paths])]
+
     def send(self, job_id: int, job: Job, nonce: str, config: SandboxConfig) -> None:
+        """Hand the worker its next job. A worker that takes none of it for `stuck_seconds` (a job bigger than
+        the pipe's buffer waits for the worker to read) raises `_WorkerStuck`; one that exited, OSError."""
         limits = job.limits()
         message = {"id": job_id, "program": job.program, "kind": job.kind, "style": job.style,
                    "inputs": job.inputs, "fn_name": job.fn_name, "timeout": limits.test, "deadline": limits.program,
@@ -228,8 +246,14 @@ class _Worker:
                    "memory_mb": config.memory_mb,
                    "output_limit": config.output_limit, "max_processes": config.max_processes}
         self.job = (job_id, job, nonce)
-        self.stdin.write(json.dumps(message).encode() + b"\n")
-        self.stdin.flush()
+        data = memoryview(json.dumps(message).encode() + b"\n")
+        fd, deadline = self.stdin.fileno(), time.monotonic() + config.stuck_seconds
+        while data:
+            try:
+                data = data[os.write(fd, data):]
+            except BlockingIOError:
+                if not select.select([], [fd], [], max(0.0, deadline - time.monotonic()))[1]:
+                    raise _WorkerStuck(f"sandbox worker read no job for {config.stuck_seconds:g} s") from None
 
     def stderr_tail(self) -> str:
         self.log.seek(0)
@@ -342,10 +366,13 @@ class Sandbox:
             nonce = secrets.token_hex(8)
             try:
                 self._workers[slot].send(job_id, job, nonce, self.config)
-            except OSError:  # the worker exited after its last job (e.g. it could not clean up): replace it
-                self._workers[slot].close()
+            except (OSError, _WorkerStuck) as e:  # it exited after its last job (e.g. it could not clean up),
+                if isinstance(e, _WorkerStuck):  # or it reads nothing (stopped): replace it; the job never started
+                    self._workers[slot].kill()
+                else:
+                    self._workers[slot].close()
                 self._workers[slot] = self._new_worker(slot)
-                self._workers[slot].send(job_id, job, nonce, self.config)
+                self._workers[slot].send(job_id, job, nonce, self.config)  # a new worker reads at once
             sel.register(self._workers[slot].stdout, selectors.EVENT_READ, slot)
             stuck_after[slot] = time.monotonic() + job.wall_deadline() + self.config.stuck_seconds
             return True

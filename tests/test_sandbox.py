@@ -1385,6 +1385,41 @@ def test_a_stuck_worker_is_killed_replaced_and_the_job_retried_once(monkeypatch)
         assert label(solo, STDIN, SQUARE, "lcb")[0].verdict == "pass"
 
 
+def test_a_worker_that_reads_no_job_is_replaced_before_the_job_starts():
+    """A worker stopped while idle takes nothing from its pipe: a job bigger than the pipe's buffer (64 KiB)
+    would block the sender forever. After `stuck_seconds` the worker is killed and a new one runs the job
+    (it never started, so this is no retry); the caller gets the program's real result."""
+    big = "# " + "x" * 300_000 + "\nprint(int(input()) ** 2)\n"
+    with Sandbox(SandboxConfig(workers=1, uid_base=UID_BASE, stuck_seconds=1.0)) as solo:
+        [stopped] = worker_pids(solo)
+        os.kill(stopped, signal.SIGSTOP)
+        result = solo.run(Job(big, "stdin", "script", inputs=["7"], timeout=10, deadline=20))
+        assert (result.infra_error, result.tests[0].stdout) == ("", "49\n"), result
+        assert worker_pids(solo) != [stopped]
+        assert not os.path.exists(f"/proc/{stopped}")  # killed and reaped, not left stopped
+
+
+def test_a_worker_that_never_starts_is_an_error_not_a_hang(monkeypatch):
+    """A worker that never says hello (here: a process that only sleeps) fails the sandbox's start after
+    `START_SECONDS` with a SandboxError, and is killed."""
+    import codevalue.sandbox as sandbox_mod
+
+    monkeypatch.setattr(sandbox_mod, "START_SECONDS", 0.5)
+    monkeypatch.setattr(sandbox_mod._Worker, "command",
+                        staticmethod(lambda slot, uid, config: [sys.executable, "-c", "import time; time.sleep(60)"]))
+    started = []
+    real_popen = sandbox_mod.subprocess.Popen
+
+    def popen(*args, **kwargs):
+        started.append(real_popen(*args, **kwargs))
+        return started[-1]
+
+    monkeypatch.setattr(sandbox_mod.subprocess, "Popen", popen)
+    with pytest.raises(sandbox_mod.SandboxError, match="did not start within 0.5 s"):
+        Sandbox(SandboxConfig(workers=1, uid_base=UID_BASE)).start()
+    assert [p.poll() for p in started] == [-signal.SIGKILL]
+
+
 @pytest.mark.slow
 def test_a_sandbox_interrupted_mid_run_starts_afresh():
     """Ctrl-C while a program runs (KeyboardInterrupt raised inside `map`, here at the point where the caller
