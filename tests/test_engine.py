@@ -5,22 +5,26 @@ Programs run only through the project's sandbox (via `label_rollouts` / the `cod
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
 
 from codevalue.cli import main
-from codevalue.engine import content_key
+from codevalue.engine import Plan, content_key
 from codevalue.errors import CodevalueError, DataError
 from codevalue.labels import LabelConfig, label_rollouts
 from codevalue.problems import Problem
-from codevalue.sandbox import SandboxConfig
+from codevalue.sandbox import ExecutionResult, Job, SandboxConfig, describe_isolation
 
 CONFIG = LabelConfig(sandbox=SandboxConfig(workers=2))
 
@@ -140,7 +144,8 @@ def test_an_existing_output_is_read_line_by_line_skipping_blank_and_torn_lines(t
     out.write_text('{"rollout_id": "a1"}\n\n{"rollout_id": "zz"}\n{"rollout_id": "torn"')
     with pytest.raises(CodevalueError) as e:
         label_rollouts([_problem()], rollouts, out, CONFIG, progress=False)
-    assert str(e.value).startswith(f"{out} already holds 1 rollouts that are not in {rollouts} (e.g. 'zz'); ")
+    assert str(e.value) == (f"{out} already holds 1 rollouts that are not in {rollouts} (e.g. 'zz'); they would be "
+                            "lost: write to another --out, or merge the inputs and label them together")
 
 
 @pytest.mark.parametrize("line", ['{"x": 1}', "[1]", "not json"])
@@ -240,6 +245,57 @@ def test_content_key_separates_every_part():
     assert content_key("p", None) != content_key("p", "")
 
 
+def test_content_key_is_the_sha256_of_the_parts_as_utf8_json_each_ended_by_nul():
+    """The exact bytes hashed (keys in OUT.programs.jsonl of earlier runs stay valid): UTF-8 (not \\u-escaped)
+    JSON with sorted keys, a lone surrogate passed through, str() of what JSON cannot encode."""
+    hashed = b'"\xc3\xa9"\0"\xed\xa0\x80"\0"sub/p"\0{"a": 1, "b": [1, 2]}\0'
+    expected = hashlib.sha256(hashed).hexdigest()[:32]
+    assert content_key("\u00e9", "\ud800", Path("sub/p"), {"b": [1, 2], "a": 1}) == expected
+    assert len(expected) == 32
+
+
+def test_a_missing_input_a_gzip_output_and_a_directory_output_are_refused_before_anything_is_written(tmp_path):
+    rollouts = _write(tmp_path / "r.jsonl", [("r1", RIGHT)])
+    missing, gz, directory = tmp_path / "missing.jsonl", tmp_path / "o.jsonl.gz", tmp_path / "d"
+    directory.mkdir()
+    with pytest.raises(DataError) as e:
+        label_rollouts([_problem()], missing, tmp_path / "o.jsonl", CONFIG, progress=False)
+    assert str(e.value) == f"{missing}: file not found"
+    with pytest.raises(DataError) as e:
+        label_rollouts([_problem()], rollouts, gz, CONFIG, progress=False)
+    assert str(e.value) == f"{gz}: output cannot be gzip-compressed (it is resumable); use a .jsonl path"
+    with pytest.raises(CodevalueError) as e:
+        label_rollouts([_problem()], rollouts, directory, CONFIG, progress=False)
+    assert str(e.value) == f"--out {directory} is a directory: give a file path"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d", "r.jsonl"]
+    assert list(directory.iterdir()) == []
+
+
+@pytest.mark.parametrize("pick", [min, max])
+def test_rollout_ids_find_a_repeated_id_wherever_its_hash_sorts(pick):
+    """freeze() returns the hashes seen twice whether the repeated id sorts first or last among 20."""
+    from codevalue.engine import RolloutIds
+
+    names = [f"r{i}" for i in range(20)]
+    repeated = pick(names, key=RolloutIds.hash)
+    ids = RolloutIds()
+    for name in [*names, repeated]:
+        ids.add(name)
+    assert ids.freeze() == {RolloutIds.hash(repeated)}
+    assert all(name in ids for name in names) and "r20" not in ids
+
+
+def test_a_rollout_id_with_a_lone_surrogate_is_hashed_and_its_duplicate_named(tmp_path):
+    """Any JSON string is a valid rollout id, a lone surrogate (escaped in the file) included."""
+    rollouts = tmp_path / "r.jsonl"
+    rollouts.write_text("".join(json.dumps({"problem_id": "T/0", "rollout_id": "\ud800", "completion": c}) + "\n"
+                                for c in (RIGHT, WRONG)))
+    with pytest.raises(DataError) as e:
+        label_rollouts([_problem()], rollouts, tmp_path / "o.jsonl", CONFIG, progress=False)
+    assert str(e.value) == (f"{rollouts}, record 2, field 'rollout_id': duplicate rollout_id '\\ud800' "
+                            "(first on record 1)")
+
+
 @pytest.mark.parametrize("args, message", [
     (["--workers", "-3"], "--workers: must be at least 0, got -3"),
     (["--timeout", "-1"], "--timeout: must be positive, got -1"),
@@ -311,3 +367,278 @@ def test_an_interrupted_label_keeps_every_finished_program(tmp_path, sig):
     assert all(r["verdict"] == "pass" for r in _rows(out))
     keys = [json.loads(line)["key"] for line in log.read_text().splitlines()]
     assert len(keys) == len(set(keys)) == n  # every program once, none lost, none run twice
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# run_stage's bookkeeping, without a sandbox: a stage of its own, an executor that "runs" a program by looking at
+# its text, and a clock that moves only when the executor starts (0.125 s) or finishes a program (1.0625 s each).
+
+SETTINGS = {"mode": "strict", "timeout": 2.0, "n": 1}
+ISOLATION = {"rlimits": ["CPU"], "cleanup": "test"}
+
+
+class _Stage:
+    """Programs "ok..." pass, others fail, "KNOWN" is decided without running (a Plan without job)."""
+
+    name = "fake-stage"
+
+    def __init__(self, settings: dict = SETTINGS):
+        self._settings = settings
+
+    def settings(self) -> dict:
+        return dict(self._settings)
+
+    def plan(self, path, line, record):
+        program, problem_id = record["program"], record["problem_id"]
+        extra = {"source": path.name, "line": line}
+        if program == "KNOWN":
+            return Plan(problem_id, "", None, {"verdict": "syntax_error", "passed": False}, extra)
+        return Plan(problem_id, content_key("fake", self._settings, problem_id, program),
+                    lambda: Job(program, "check", "humaneval", tag=line), None, extra)
+
+    def judge(self, job, result):
+        ok = job.program.startswith("ok")
+        return {"verdict": "pass" if ok else "wrong_answer", "passed": ok, "cpu": result.cpu_seconds,
+                "first": job.tag}
+
+    def row(self, record, plan, fields):
+        return {"rollout_id": record["rollout_id"], "problem_id": plan.problem_id, **plan.extra, **fields}
+
+
+class _Clock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+
+class _Executor:
+    kind = "fake"
+    isolation = ISOLATION
+    steps = (1.0625, 1.0625, 1.0625)  # seconds each program takes
+
+    def __init__(self, clock: _Clock, meta: Path):
+        self.clock, self.meta, self.ran, self.meta_during_run, self.entered = clock, meta, [], None, 0
+
+    def __enter__(self):
+        self.entered += 1
+        self.clock.now += 0.125
+        return self
+
+    def __exit__(self, *exc):
+        self.entered -= 1
+
+    def map(self, jobs):
+        for i, job in enumerate(jobs):
+            self.meta_during_run = self.meta_during_run or self.meta.read_text()
+            self.ran.append(job.program)
+            self.clock.now += self.steps[i]
+            yield job, ExecutionResult("ok", cpu_seconds=(0.004, 0.5, 1.0)[i]), "node-b" if i % 2 else "n\u0153ud-a"
+
+
+class _Reporting(_Executor):
+    report = {"workers": 7}
+
+
+def _records(path: Path, rows: list[tuple[str, str, str]]) -> Path:
+    path.write_text("".join(json.dumps({"rollout_id": r, "problem_id": p, "program": c}) + "\n" for r, p, c in rows))
+    return path
+
+
+def _fake_run(monkeypatch, inputs, out, executor_class=_Executor, stage=None, clock=None, **kwargs):
+    """run_stage with the fake executor and clock (the progress bar's too, its monitor thread off); returns
+    (summary, executor, make_executor's arguments)."""
+    import tqdm.std
+
+    from codevalue import engine
+
+    clock, made = clock or _Clock(), []
+    executor = executor_class(clock, Path(out).with_name(Path(out).name + ".meta.json"))
+    monkeypatch.setattr(engine, "time", clock)
+    monkeypatch.setattr(tqdm.std, "time", clock.monotonic)
+    monkeypatch.setattr(tqdm.std.tqdm, "monitor_interval", 0)
+    monkeypatch.setattr(engine, "make_executor", lambda sandbox, ray: made.append((sandbox, ray)) or executor)
+    summary = engine.run_stage(stage or _Stage(), inputs, out, SandboxConfig(workers=3), ray="ray-address", **kwargs)
+    assert executor.entered == 0
+    return summary, executor, made
+
+
+def test_run_stage_runs_each_distinct_program_once_and_reports_it_all(tmp_path, monkeypatch, capsys):
+    """One run, by hand: 5 rollouts of 2 problems, 3 distinct programs to run (r2 shares r1's program), one result
+    known without running; rows in input order, the programs log, the sidecar (written "complete": false before
+    anything runs, then the summary, both indented), the progress bar (on by default)."""
+    rows = [("r1", "P/0", "ok-a"), ("r2", "P/0", "ok-a"), ("r3", "P/0", "bad-b"), ("r4", "P/1", "ok-c"),
+            ("r5", "P/1", "KNOWN")]
+    inputs = _records(tmp_path / "entr\u00e9e.jsonl", rows)  # a name that is not ASCII
+    out = tmp_path / "new" / "deeper" / "o.jsonl"
+    summary, executor, made = _fake_run(monkeypatch, inputs, out, _Reporting, meta_extra={"note": "first"})
+    assert made == [(SandboxConfig(workers=3), "ray-address")] and executor.ran == ["ok-a", "bad-b", "ok-c"]
+    assert executor.meta_during_run == ('{\n  "settings": {\n    "mode": "strict",\n    "timeout": 2.0,\n    "n": 1\n'
+                                        '  },\n  "complete": false,\n  "note": "first"\n}\n')
+    ok_a = {"verdict": "pass", "passed": True, "cpu": 0.004, "first": 1}
+    bad_b = {"verdict": "wrong_answer", "passed": False, "cpu": 0.5, "first": 3}
+    ok_c = {"verdict": "pass", "passed": True, "cpu": 1.0, "first": 4}
+    known = {"verdict": "syntax_error", "passed": False}
+    assert _rows(out) == [{"rollout_id": f"r{i}", "problem_id": p, "source": "entr\u00e9e.jsonl", "line": i, **fields}
+                          for i, p, fields in [(1, "P/0", ok_a), (2, "P/0", ok_a), (3, "P/0", bad_b),
+                                               (4, "P/1", ok_c), (5, "P/1", known)]]
+    keys = [content_key("fake", SETTINGS, p, c) for p, c in [("P/0", "ok-a"), ("P/0", "bad-b"), ("P/1", "ok-c")]]
+    assert _rows(out.with_name("o.jsonl.programs.jsonl")) == [
+        {"key": keys[0], "node": "n\u0153ud-a", "fields": ok_a}, {"key": keys[1], "node": "node-b", "fields": bad_b},
+        {"key": keys[2], "node": "n\u0153ud-a", "fields": ok_c}]
+    assert summary == {
+        "rollouts": 5, "problems": 2, "executed_programs": 3, "distinct_programs": 3, "resumed": 0,
+        "pass_rate": 0.6, "verdicts": {"pass": 3, "wrong_answer": 1, "syntax_error": 1},
+        "wall_seconds": 3.31, "executor_start_seconds": 0.12, "run_seconds": 3.19,  # 0.125 + 3 * 1.0625, rounded
+        "program_cpu_seconds": 1.5, "settings": SETTINGS, **SETTINGS, "complete": True, "out": str(out),
+        "executor": {"kind": "fake", "nodes": {"n\u0153ud-a": 2, "node-b": 1}, "workers": 7},
+        "sandbox": {**json.loads(json.dumps(asdict(SandboxConfig(workers=3)))), "isolation": ISOLATION,
+                    "description": describe_isolation(ISOLATION)},
+        "note": "first"}
+    # the output and the programs log are UTF-8 text, not \\u escapes
+    assert '"source": "entr\u00e9e.jsonl"' in out.read_text(encoding="utf-8")
+    assert '"node": "n\u0153ud-a"' in out.with_name("o.jsonl.programs.jsonl").read_text(encoding="utf-8")
+    meta = out.with_name("o.jsonl.meta.json").read_text()
+    assert meta.startswith('{\n  "rollouts": 5,\n  "problems": 2,\n') and meta.endswith('\n  "note": "first"\n}\n')
+    assert json.loads(meta) == summary
+    assert sorted(p.name for p in out.parent.iterdir()) == ["o.jsonl", "o.jsonl.meta.json", "o.jsonl.programs.jsonl"]
+    bar = [line for line in capsys.readouterr().err.split("\r") if line]
+    assert bar[0].startswith("fake-stage:   0%|") and " 0/3 [" in bar[0]
+    assert bar[-1].startswith("fake-stage: 100%|") and " 3/3 [" in bar[-1]
+    assert re.search(r"(program/s|s/program)\]\s*$", bar[-1]), bar[-1]
+
+
+def test_run_stage_resumes_from_the_programs_log_and_groups_results_per_problem(tmp_path, monkeypatch, capsys):
+    """A second run over more rollouts runs only the new program; group_fields sees every problem once with
+    each key's result and rollout count, and its fields reach every rollout of that key."""
+    inputs = _records(tmp_path / "in.jsonl", [("r1", "P/0", "ok-a"), ("r2", "P/0", "ok-a"), ("r3", "P/0", "bad-b")])
+    out = tmp_path / "o.jsonl"
+    _fake_run(monkeypatch, inputs, out, progress=False)
+    assert capsys.readouterr().err == ""  # progress=False: no bar
+    _records(inputs, [("r1", "P/0", "ok-a"), ("r2", "P/0", "ok-a"), ("r3", "P/0", "bad-b"), ("r4", "P/1", "ok-c"),
+                      ("r5", "P/0", "ok-a")])
+    calls = []
+
+    def group_fields(problem_id, by_key):
+        calls.append((problem_id, by_key))
+        return {k: {"group": f"{problem_id} x{n}"} for k, (_, n) in by_key.items()}
+
+    summary, executor, _ = _fake_run(monkeypatch, inputs, out, group_fields=group_fields)
+    assert executor.ran == ["ok-c"]
+    assert (summary["rollouts"], summary["problems"], summary["executed_programs"], summary["distinct_programs"],
+            summary["resumed"]) == (5, 2, 1, 3, 4)
+    assert summary["executor"] == {"kind": "fake", "nodes": {"n\u0153ud-a": 1}}  # no report: nothing added
+    assert summary["program_cpu_seconds"] == 0.0  # ok-c's 0.004, rounded
+    ok_a = {"verdict": "pass", "passed": True, "cpu": 0.004, "first": 1}  # from the first run
+    bad_b = {"verdict": "wrong_answer", "passed": False, "cpu": 0.5, "first": 3}
+    ok_c = {"verdict": "pass", "passed": True, "cpu": 0.004, "first": 4}
+    key = {c: content_key("fake", SETTINGS, p, c) for p, c in [("P/0", "ok-a"), ("P/0", "bad-b"), ("P/1", "ok-c")]}
+    assert calls == [("P/0", {key["ok-a"]: (ok_a, 3), key["bad-b"]: (bad_b, 1)}), ("P/1", {key["ok-c"]: (ok_c, 1)})]
+    assert [(r["rollout_id"], r["group"], r["first"]) for r in _rows(out)] == [
+        ("r1", "P/0 x3", 1), ("r2", "P/0 x3", 1), ("r3", "P/0 x1", 3), ("r4", "P/1 x1", 4), ("r5", "P/0 x3", 1)]
+    bar = [line for line in capsys.readouterr().err.split("\r") if line]
+    assert " 2/3 [" in bar[0] and " 3/3 [" in bar[-1]  # starts at the 2 programs already done
+
+
+@pytest.mark.parametrize("terminal, steps, drawn", [
+    (False, (0.25, 15.25, 0.5), ["0", "2", "3"]),  # a log: at the start, after 15 s (2 done), at the end
+    (True, (0.75, 0.25, 0.25), ["0", "1", "3", "3"]),  # a terminal: when 0.5 s have passed, and at the end
+])
+def test_the_progress_bar_redraws_every_15_s_in_a_log_and_every_half_second_on_a_terminal(
+        tmp_path, monkeypatch, terminal, steps, drawn):
+    class Stream(io.StringIO):
+        def isatty(self):
+            return terminal
+
+    monkeypatch.setattr(sys, "stderr", Stream())
+    inputs = _records(tmp_path / "in.jsonl", [("r1", "P/0", "ok-a"), ("r2", "P/0", "bad-b"), ("r3", "P/0", "ok-c")])
+    _fake_run(monkeypatch, inputs, tmp_path / "o.jsonl", type("Timed", (_Executor,), {"steps": steps}))
+    assert re.findall(r" (\d+)/3 \[", sys.stderr.getvalue()) == drawn
+
+
+def test_the_progress_bar_follows_the_terminal_width(tmp_path, monkeypatch):
+    """A terminal widened from 41 to 81 columns during the run: the last bar is 80 characters wide, the first 40."""
+    clock = _Clock()
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+        def fileno(self):
+            return 2
+
+    monkeypatch.setattr(sys, "stderr", Terminal())
+    monkeypatch.setattr(os, "get_terminal_size", lambda fd: os.terminal_size((41 if clock.now < 1001 else 81, 24)))
+    inputs = _records(tmp_path / "in.jsonl", [("r1", "P/0", "ok-a")])
+    _fake_run(monkeypatch, inputs, tmp_path / "o.jsonl", clock=clock)
+    bars = [line for line in sys.stderr.getvalue().strip("\n").split("\r") if line]
+    assert [len(bars[0]), len(bars[-1])] == [40, 80]
+
+
+def test_the_program_log_is_fsynced_once_more_than_a_second_has_passed_and_on_close(tmp_path, monkeypatch):
+    """Every append is flushed; an fsync follows only when over 1 s passed since the last one (exactly 1 s: not
+    yet), and close() always syncs."""
+    from codevalue import engine
+    from codevalue.engine import ProgramLog
+
+    clock, synced = _Clock(), []
+    monkeypatch.setattr(engine, "time", clock)
+    monkeypatch.setattr(engine.os, "fsync", lambda fd: synced.append(clock.now))
+    log = ProgramLog(tmp_path / "o.jsonl.programs.jsonl")  # last sync: 1000.0
+    for i, now in enumerate([1000.5, 1001.0, 1001.5, 1002.5, 1003.0]):
+        clock.now = now
+        log.append(f"k{i}", {"verdict": "pass"}, "node")
+    assert synced == [1001.5, 1003.0]
+    log.close()
+    assert synced == [1001.5, 1003.0, 1003.0]
+    assert len(log.path.read_text().splitlines()) == 5
+
+
+def test_a_ray_address_makes_a_ray_executor_without_connecting_yet():
+    from codevalue.engine import LocalExecutor, make_executor
+    from codevalue.raycluster import RayExecutor
+
+    config = SandboxConfig(workers=1)
+    executor = make_executor(config, "10.0.0.1:6379")
+    assert type(executor) is RayExecutor and (executor.address, executor.config) == ("10.0.0.1:6379", config)
+    assert type(make_executor(config)) is LocalExecutor and type(make_executor(config, "")) is LocalExecutor
+
+
+def test_the_output_is_written_to_out_tmp_beside_it_then_renamed(tmp_path, monkeypatch):
+    """While the rows are written, OUT does not exist yet and OUT.tmp (same directory: an atomic rename) does."""
+    out, seen = tmp_path / "o.jsonl", []
+
+    class Watching(_Stage):
+        def row(self, record, plan, fields):
+            seen.append(sorted(p.name for p in tmp_path.iterdir()))
+            return super().row(record, plan, fields)
+
+    inputs = _records(tmp_path / "in.jsonl", [("r1", "P/0", "ok-a")])
+    _fake_run(monkeypatch, inputs, out, stage=Watching(), progress=False)
+    assert seen == [["in.jsonl", "o.jsonl.meta.json", "o.jsonl.programs.jsonl", "o.jsonl.tmp"]]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl", "o.jsonl", "o.jsonl.meta.json",
+                                                          "o.jsonl.programs.jsonl"]
+
+
+def test_run_stage_refuses_other_settings_naming_each_change(tmp_path, monkeypatch):
+    inputs = _records(tmp_path / "in.jsonl", [("r1", "P/0", "ok-a")])
+    out = tmp_path / "o.jsonl"
+    _fake_run(monkeypatch, inputs, out, progress=False)
+    before = out.read_bytes()
+    other = _Stage({"mode": "lenient", "timeout": 3.0, "n": 1})
+    with pytest.raises(CodevalueError) as e:
+        _fake_run(monkeypatch, inputs, out, stage=other, progress=False)
+    assert str(e.value) == (f"{out} was written with other settings (mode: 'strict' -> 'lenient', timeout: 2.0 -> "
+                            f"3.0); use another --out, or delete {out} to replace it (finished programs in "
+                            "o.jsonl.programs.jsonl are reused where their key matches)")
+    assert out.read_bytes() == before
+
+
+def test_a_record_without_rollout_id_is_named(tmp_path):
+    rollouts = tmp_path / "r.jsonl"
+    rollouts.write_text('{"problem_id": "T/0", "rollout_id": "r1", "completion": ""}\n'
+                        '{"problem_id": "T/0", "completion": ""}\n')
+    with pytest.raises(DataError) as e:
+        label_rollouts([_problem()], rollouts, tmp_path / "o.jsonl", CONFIG, progress=False)
+    assert str(e.value) == f"{rollouts}, record 2, field 'rollout_id': missing field"
