@@ -236,17 +236,20 @@ class _Worker:
         return [sys.executable, "-m", "codevalue._worker", str(slot), str(uid),
                 json.dumps([str(DATA_DIR), *config.hidden_paths])]
 
+    @staticmethod
+    def message(job_id: int, job: Job, nonce: str, config: SandboxConfig) -> dict[str, Any]:
+        """What the worker gets for a job: every limit it applies is computed here (it and the child compute none)."""
+        limits = job.limits()
+        return {"id": job_id, "program": job.program, "kind": job.kind, "style": job.style, "inputs": job.inputs,
+                "fn_name": job.fn_name, "timeout": limits.test, "deadline": limits.program, "cpu_seconds": limits.cpu,
+                "test_wall": limits.test_wall, "nonce": nonce, "memory_mb": config.memory_mb,
+                "output_limit": config.output_limit, "max_processes": config.max_processes}
+
     def send(self, job_id: int, job: Job, nonce: str, config: SandboxConfig) -> None:
         """Hand the worker its next job. A worker that takes none of it for `stuck_seconds` (a job bigger than
         the pipe's buffer waits for the worker to read) raises `_WorkerStuck`; one that exited, OSError."""
-        limits = job.limits()
-        message = {"id": job_id, "program": job.program, "kind": job.kind, "style": job.style,
-                   "inputs": job.inputs, "fn_name": job.fn_name, "timeout": limits.test, "deadline": limits.program,
-                   "cpu_seconds": limits.cpu, "test_wall": limits.test_wall, "nonce": nonce,
-                   "memory_mb": config.memory_mb,
-                   "output_limit": config.output_limit, "max_processes": config.max_processes}
         self.job = (job_id, job, nonce)
-        data = memoryview(json.dumps(message).encode() + b"\n")
+        data = memoryview(json.dumps(self.message(job_id, job, nonce, config)).encode() + b"\n")
         fd, deadline = self.stdin.fileno(), time.monotonic() + config.stuck_seconds
         while data:
             try:
