@@ -343,12 +343,16 @@ def run_stage(stage: Stage, inputs: str | os.PathLike, out: str | os.PathLike, s
         per_key: dict[str, dict] = {}
         if group_fields is not None:
             grouped: dict[str, dict[str, int]] = defaultdict(dict)
+            known: dict[str, dict] = {}  # results known without running (plans without a job)
             for line, rec in read_jsonl(inputs):
                 plan = stage.plan(inputs, line, rec)
                 counts = grouped[plan.problem_id]
                 counts[plan.key] = counts.get(plan.key, 0) + 1
+                if plan.fields is not None:
+                    known[plan.key] = plan.fields
             for problem_id, counts in grouped.items():
-                per_key.update(group_fields(problem_id, {k: (_fields_of(log, k, None), n) for k, n in counts.items()}))
+                per_key.update(group_fields(problem_id, {k: (_fields_of(log, k, known.get(k)), n)
+                                                         for k, n in counts.items()}))
 
         def rows() -> Iterator[dict]:
             for line, rec in read_jsonl(inputs):

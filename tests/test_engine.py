@@ -541,6 +541,24 @@ def test_run_stage_resumes_from_the_programs_log_and_groups_results_per_problem(
     assert " 2/3 [" in bar[0] and " 3/3 [" in bar[-1]  # starts at the 2 programs already done
 
 
+def test_group_fields_see_results_known_without_running(tmp_path, monkeypatch):
+    """A plan without a job (its result known, never in the programs log) reaches group_fields with that result,
+    not an error that the log has no result for it."""
+    inputs = _records(tmp_path / "in.jsonl", [("r1", "P/0", "ok-a"), ("r2", "P/0", "KNOWN"), ("r3", "P/0", "KNOWN")])
+    calls = []
+
+    def group_fields(problem_id, by_key):
+        calls.append((problem_id, by_key))
+        return {k: {"group_n": n} for k, (_, n) in by_key.items()}
+
+    _fake_run(monkeypatch, inputs, tmp_path / "o.jsonl", progress=False, group_fields=group_fields)
+    ok_a = {"verdict": "pass", "passed": True, "cpu": 0.004, "first": 1}
+    known = {"verdict": "syntax_error", "passed": False}
+    assert calls == [("P/0", {content_key("fake", SETTINGS, "P/0", "ok-a"): (ok_a, 1), "": (known, 2)})]
+    assert [(r["rollout_id"], r["verdict"], r["group_n"]) for r in _rows(tmp_path / "o.jsonl")] == [
+        ("r1", "pass", 1), ("r2", "syntax_error", 2), ("r3", "syntax_error", 2)]
+
+
 @pytest.mark.parametrize("terminal, steps, drawn", [
     (False, (0.25, 15.25, 0.5), ["0", "2", "3"]),  # a log: at the start, after 15 s (2 done), at the end
     (True, (0.75, 0.25, 0.25), ["0", "1", "3", "3"]),  # a terminal: when 0.5 s have passed, and at the end
