@@ -7,8 +7,9 @@ rerankers (`codevalue codet`) and execution-aware value models (`codevalue train
 the same thing. Test cases come from the generator's test-writing samples (the bundled CodeGen-16B ones
 by default: `assert ` + text, split into lines, kept when a line is one assert naming the entry point
 that parses; placeholders like `____` dropped). Each distinct program runs once in the sandbox with
-all of its problem's tests, each under its own time limit; after three time-outs the rest count as
-time-outs too, so a program that loops costs about a second.
+all of its problem's tests, each under its own time limit (0.25 s of CPU, so that a loaded machine gives the
+same results as a quiet one, and 1 s of wall time for a test that only waits); after three time-outs the rest
+count as time-outs too, so a program that loops costs about a second.
 
 Output: the input records plus
   - checks: {"passed": "1101...", "outputs": ["3f2a9c1e", "E", "T", "-", ...], "inputs": [0, 1, 1, -1, ...]}:
@@ -46,13 +47,14 @@ from .sandbox import ExecutionResult, Job, SandboxConfig
 
 BUNDLED_TESTS = DATA_DIR / "humaneval" / "codegen16b_generated_tests.jsonl.gz"
 MARKER = "__codevalue_check__"
-TEST_TIMEOUT = 0.25  # seconds per generated test
+TEST_TIMEOUT = 0.25  # seconds of CPU per generated test: the same results on a loaded machine as on a quiet one
+TEST_WALL = 1.0  # seconds of wall time per generated test, for a test that waits without computing (sleep)
 MAX_TIMEOUTS = 3  # after this many time-outs the remaining tests are not run
 
 # Appended to each program; it runs as __main__ in the sandbox and prints one marker line per test.
 RUNNER = '''
 
-def __cv_main(tests, test_timeout, max_timeouts, marker):
+def __cv_main(tests, test_timeout, test_wall, max_timeouts, marker):
     import hashlib, signal
 
     class CheckTimeout(BaseException):
@@ -74,6 +76,7 @@ def __cv_main(tests, test_timeout, max_timeouts, marker):
             return "{" + ",".join(canonical(k, depth + 1) + ":" + canonical(x, depth + 1) for k, x in v.items()) + "}"
         return repr(v)
 
+    signal.signal(signal.SIGPROF, on_alarm)
     signal.signal(signal.SIGALRM, on_alarm)
     timeouts = 0
     for i, (source, call, expected) in enumerate(tests):
@@ -82,7 +85,8 @@ def __cv_main(tests, test_timeout, max_timeouts, marker):
             continue
         ok, out = 0, "-"
         try:
-            signal.setitimer(signal.ITIMER_REAL, test_timeout)
+            signal.setitimer(signal.ITIMER_PROF, test_timeout)
+            signal.setitimer(signal.ITIMER_REAL, test_wall)
             try:
                 if call is None:
                     exec(source, globals())
@@ -98,6 +102,7 @@ def __cv_main(tests, test_timeout, max_timeouts, marker):
                     out = hashlib.md5(canonical(value).encode("utf-8", "replace")).hexdigest()[:8]
                     ok = int(bool(value == eval(expected, globals())))
             finally:
+                signal.setitimer(signal.ITIMER_PROF, 0)
                 signal.setitimer(signal.ITIMER_REAL, 0)
         except CheckTimeout:
             ok, out = 0, "T"
@@ -107,7 +112,7 @@ def __cv_main(tests, test_timeout, max_timeouts, marker):
         print("%s %d %d %s" % (marker, i, ok, out), flush=True)
 
 
-__cv_main(__CV_TESTS, __CV_TEST_TIMEOUT, __CV_MAX_TIMEOUTS, __CV_MARKER)
+__cv_main(__CV_TESTS, __CV_TEST_TIMEOUT, __CV_TEST_WALL, __CV_MAX_TIMEOUTS, __CV_MARKER)
 '''
 
 
@@ -172,6 +177,7 @@ def checks_program(code: str, tests: list[str], entry_point: str, nonce: str) ->
     frame can still forge them, as with CodeT."""
     triples = [split_assert(t, entry_point) for t in tests]
     return (code + "\n__CV_TESTS = " + repr(triples) + f"\n__CV_TEST_TIMEOUT = {TEST_TIMEOUT!r}"
+            + f"\n__CV_TEST_WALL = {TEST_WALL!r}"
             + f"\n__CV_MAX_TIMEOUTS = {MAX_TIMEOUTS!r}\n__CV_MARKER = {MARKER + ':' + nonce!r}" + RUNNER)
 
 
@@ -426,13 +432,16 @@ class CheckStage:
             raise DataError(path, "missing or not a string", line=line, field="completion")
         tests = self.tests_of(problem)
         program = program_for(problem, evaluated_completion(record), hidden_tests=False)  # what label runs
-        key = content_key("checks", TEST_TIMEOUT, MAX_TIMEOUTS, problem.problem_id, problem.entry_point, tests, program)
+        # TEST_WALL in the key: results of the wall-clock limit (before it was CPU time) are not reused
+        key = content_key("checks", TEST_TIMEOUT, TEST_WALL, MAX_TIMEOUTS, problem.problem_id, problem.entry_point,
+                          tests, program)
 
         def job() -> Job:
             nonce = secrets.token_hex(8)
             source = checks_program(program, tests, problem.entry_point, nonce)
             # one script run holds all the tests (each under its own alarm): its "test" is the whole budget
-            limits = time_limits("stdin", "script", 1, timeout=TEST_TIMEOUT * (len(tests) + 2 * MAX_TIMEOUTS) + 5.0)
+            budget = TEST_TIMEOUT * len(tests) + TEST_WALL * MAX_TIMEOUTS + 5.0
+            limits = time_limits("stdin", "script", 1, timeout=budget)
             return Job(source, "stdin", "script", inputs=[""], timeout=limits.test, deadline=limits.program,
                        tag=(problem.problem_id, nonce))
 

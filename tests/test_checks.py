@@ -143,6 +143,22 @@ def test_run_checks_in_the_sandbox(tmp_path):
 
 
 @pytest.mark.slow
+def test_a_generated_test_is_limited_in_cpu_time_not_wall_time(tmp_path):
+    """0.25 s of CPU per test (so a loaded machine gives the results a quiet one gives), 1 s of wall time for a
+    test that only waits: sleeping 0.5 s passes, sleeping 3 s or computing for long does not."""
+    rollouts = [("sleeps", "    import time\n    time.sleep(0.5)\n    return x + 1\n", True),
+                ("sleeps-on-5", "    import time\n    time.sleep(3 if x == 5 else 0)\n    return x + 1\n", False),
+                ("computes-on-5", "    while x == 5:\n        pass\n    return x + 1\n", False)]
+    labeled, tests = _write(tmp_path, rollouts, tests=("inc(1) == 2", "inc(5) == 6"))
+    out = tmp_path / "checked.jsonl"
+    run_checks(labeled, [_problem()], out, tests=tests, sandbox=SandboxConfig(workers=2), progress=False)
+    rows = {r["rollout_id"]: r["checks"] for r in map(json.loads, out.read_text().splitlines())}
+    assert rows["sleeps"]["passed"] == "11"
+    assert (rows["sleeps-on-5"]["passed"], rows["sleeps-on-5"]["outputs"][1]) == ("10", "T")
+    assert (rows["computes-on-5"]["passed"], rows["computes-on-5"]["outputs"][1]) == ("10", "T")
+
+
+@pytest.mark.slow
 def test_run_checks_resumes_without_rerunning(tmp_path):
     labeled, tests = _write(tmp_path, ROLLOUTS[:3])
     out = tmp_path / "checked.jsonl"

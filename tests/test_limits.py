@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from codevalue.checks import MAX_TIMEOUTS, TEST_TIMEOUT, CheckStage
+from codevalue.checks import MAX_TIMEOUTS, TEST_TIMEOUT, TEST_WALL, CheckStage
 from codevalue.cli import build_parser
 from codevalue.labels import LabelConfig, make_job
 from codevalue.limits import TimeLimits, time_limits
@@ -52,7 +52,7 @@ def test_checks_job_budget():
                       entry_point="inc", completion_continues_prompt=True)
     stage = CheckStage([problem], {"H/0": ["inc(1) == 2", "inc(2) == 3"]}, 10)
     job = stage.plan("x.jsonl", 1, {"problem_id": "H/0", "rollout_id": "a", "completion": "    return x + 1\n"}).job()
-    budget = TEST_TIMEOUT * (2 + 2 * MAX_TIMEOUTS) + 5.0
+    budget = TEST_TIMEOUT * 2 + TEST_WALL * MAX_TIMEOUTS + 5.0
     assert job.limits() == time_limits("stdin", "script", 1, timeout=budget) == TimeLimits(budget, budget + 2.0)
 
 
