@@ -51,9 +51,11 @@ class SandboxConfig:
     max_processes: int = 64  # RLIMIT_NPROC for the sandbox uid (root only): stops fork bombs
     uid_base: int = 61000  # programs run as the first free uids >= uid_base, one per worker (root only)
     # A worker with no result this many seconds after its job's wall deadline (which it enforces itself) is
-    # stuck: it is killed and replaced, and the job retried once, as when a worker dies.
+    # stuck: it is killed and replaced, and the job retried once, as when a worker dies. One that reads no job
+    # for this long is replaced before the job starts.
     stuck_seconds: float = field(default=30.0, metadata={
-        "help": "seconds past a program's deadline after which its silent worker is replaced (job retried once)"})
+        "help": "seconds a silent worker gets past its program's deadline (or to take its next job) before it "
+                "is replaced"})
     # Files and directories programs must not read (problem files with expected outputs). The bundled
     # data is always hidden; `label_rollouts` and `run_checks` add the problems file they were given.
     hidden_paths: tuple[str, ...] = ()
