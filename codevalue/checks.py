@@ -402,8 +402,7 @@ class CheckStage:
         self.generated = generated  # problem id -> generated asserts (all problems of the tests file)
         self.limit = limit
         self.per_sample = per_sample
-        self.parsed: dict[str, list[str]] = {}
-        self.written: dict[str, list[int]] = {}
+        self.parsed: dict[str, tuple[list[str], list[int]]] = {}  # problem id -> (its tests, times each written)
 
     def settings(self) -> dict[str, Any]:
         settings = {"test_timeout": TEST_TIMEOUT, "max_timeouts": MAX_TIMEOUTS, "max_tests": self.limit,
@@ -412,11 +411,17 @@ class CheckStage:
             settings["tests_per_sample"] = self.per_sample
         return settings
 
-    def tests_of(self, problem: Problem) -> list[str]:
+    def _parse(self, problem: Problem) -> tuple[list[str], list[int]]:
+        """The problem's tests (`parse_generated_tests`) and how many samples wrote each, from one parse."""
         if problem.problem_id not in self.parsed:
-            self.parsed[problem.problem_id] = parse_generated_tests(
-                self.generated.get(problem.problem_id, []), problem.entry_point, self.limit, self.per_sample)
+            counts = count_generated_tests(self.generated.get(problem.problem_id, []), problem.entry_point,
+                                           self.per_sample)
+            tests = list(counts)[:self.limit]
+            self.parsed[problem.problem_id] = tests, [counts[t] for t in tests]
         return self.parsed[problem.problem_id]
+
+    def tests_of(self, problem: Problem) -> list[str]:
+        return self._parse(problem)[0]
 
     def plan(self, path: Path, line: int, record: dict[str, Any]) -> Plan:
         if "problem_id" not in record:
@@ -458,11 +463,7 @@ class CheckStage:
     def written_of(self, problem_id: str) -> list[int]:
         """Per test of the problem, how many test-writing samples wrote it (SRank's pass-rate weights). Not
         part of a program's result: a function of the tests file, added to every row, resumed ones too."""
-        if problem_id not in self.written:
-            problem = self.by_id[problem_id]
-            counts = count_generated_tests(self.generated.get(problem_id, []), problem.entry_point, self.per_sample)
-            self.written[problem_id] = [counts[t] for t in self.tests_of(problem)]
-        return self.written[problem_id]
+        return self._parse(self.by_id[problem_id])[1]
 
     def row(self, record: dict[str, Any], plan: Plan, fields: dict[str, Any]) -> dict[str, Any]:
         return {**record, **fields, "checks": {**fields["checks"], "written": self.written_of(plan.problem_id)}}
